@@ -1,0 +1,57 @@
+"""Render a pytest-benchmark JSON file as a markdown section for benchmarks/RESULTS.md.
+
+Each benchmark group holds one fused implementation and its references, timed on the
+same inputs in the same run; the table gives each median and reference / fused.
+
+    python benchmarks/render_results.py bench.json --command "pytest benchmarks ..." >> benchmarks/RESULTS.md
+"""
+import argparse
+import json
+import re
+from collections import defaultdict
+
+
+def impl_of(name: str) -> str:
+    match = re.search(r"\[(?:cpu|cuda)-([a-z_]+)", name)
+    return match.group(1) if match else name
+
+
+def render(data: dict, command: str) -> str:
+    info = data["machine_info"]
+    torch_version = data["benchmarks"][0]["extra_info"].get("torch", "?") if data["benchmarks"] else "?"
+    gpu = data["benchmarks"][0]["extra_info"].get("gpu", "") if data["benchmarks"] else ""
+    lines = [
+        f"### {data['datetime'][:10]}: {info.get('cpu', {}).get('brand_raw', info['processor'])}"
+        + (f", {gpu}" if gpu else ""),
+        "",
+        f"- command: `{command}`",
+        f"- torch {torch_version}, Python {info['python_version']}, {info['node']}",
+        "",
+        "| group | implementation | median (ms) | reference / fused | peak MB |",
+        "|---|---|---:|---:|---:|",
+    ]
+    groups = defaultdict(dict)
+    for bench in data["benchmarks"]:
+        groups[bench["group"]][impl_of(bench["name"])] = bench
+    for group, impls in groups.items():
+        fused = impls.get("fused")
+        for impl, bench in sorted(impls.items(), key=lambda kv: kv[0] != "fused"):
+            median = bench["stats"]["median"]
+            ratio = f"{median / fused['stats']['median']:.2f}x" if fused and impl != "fused" else ""
+            peak = bench["extra_info"].get("peak_mem_mb")
+            lines.append(f"| {group} | {impl} | {median * 1e3:.3f} | {ratio} | "
+                         f"{'' if peak is None else f'{peak:.0f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("json_file")
+    parser.add_argument("--command", default="pytest benchmarks --benchmark-only")
+    args = parser.parse_args()
+    with open(args.json_file) as f:
+        print(render(json.load(f), args.command))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Build csd_fast and its one extension module, csd_fast._C.
+
+CPU kernels are always compiled. CUDA kernels are compiled when torch was built with
+CUDA and a CUDA toolkit is found, or when CSD_FAST_CUDA=1 demands them (then a missing
+toolkit is an error). CSD_FAST_CUDA=0 forces a CPU-only build.
+"""
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_CUDA_ARCHS = "8.0;9.0"
+# ATen's vector types (at::vec) pick their SIMD width at compile time from these macros;
+# without them an extension gets the slow generic fallback.
+CPU_CAPABILITY_FLAGS = {
+    "DEFAULT": [],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
+               "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
+}
+
+
+def log(msg):
+    print(f"csd_fast build: {msg}", file=sys.stderr, flush=True)
+
+
+def is_cuda_home(path):
+    return bool(path) and all(
+        os.path.exists(os.path.join(path, p))
+        for p in ("bin/nvcc", "include/cuda_runtime.h")
+    )
+
+
+def find_cuda_home():
+    """A toolkit folder holding both nvcc and the runtime headers.
+
+    torch guesses CUDA_HOME as the parent of nvcc's folder; where nvcc is a wrapper
+    script in /usr/local/bin that guess has no headers or cudart, so look further.
+    """
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            return os.environ[var] if is_cuda_home(os.environ[var]) else None
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates.append("/usr/local/cuda")
+    candidates += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    return next((c for c in candidates if is_cuda_home(c)), None)
+
+
+def pip_cuda_include_dirs():
+    """Headers of the pip CUDA wheels (ATen's CUDA headers include cusparse.h, which a
+    runtime-only toolkit lacks)."""
+    import site
+
+    roots = site.getsitepackages() + [site.getusersitepackages()]
+    found = []
+    for root in roots:
+        found += sorted(glob.glob(os.path.join(root, "nvidia", "*", "include")))
+    return [d for d in found if os.path.exists(os.path.join(d, "cusparse.h"))]
+
+
+def cuda_requested():
+    flag = os.environ.get("CSD_FAST_CUDA", "").strip()
+    if flag not in ("", "0", "1"):
+        sys.exit(f"csd_fast build: CSD_FAST_CUDA must be 0 or 1, got {flag!r}")
+    return flag
+
+
+def configure_cuda():
+    """Decide whether to build CUDA kernels; set CUDA_HOME before cpp_extension reads it."""
+    flag = cuda_requested()
+    if flag == "0":
+        log("CSD_FAST_CUDA=0: building CPU kernels only")
+        return False
+    import torch
+
+    reason = None
+    cuda_home = find_cuda_home()
+    if torch.version.cuda is None:
+        reason = f"torch {torch.__version__} was built without CUDA"
+    elif cuda_home is None:
+        reason = "no CUDA toolkit found (set CUDA_HOME to a folder with bin/nvcc)"
+    if reason:
+        if flag == "1":
+            sys.exit(f"csd_fast build: CSD_FAST_CUDA=1 but {reason}")
+        log(f"{reason}: building CPU kernels only")
+        return False
+    os.environ["CUDA_HOME"] = cuda_home
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+    log(
+        f"building CPU and CUDA kernels (CUDA_HOME={cuda_home}, "
+        f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'the local GPU')})"
+    )
+    return True
+
+
+def cpu_capability():
+    """SIMD level of the CPU kernels: CSD_FAST_CPU_CAPABILITY, else what torch detects
+    on the build machine (the kernels then need a CPU at least as capable)."""
+    import torch
+
+    wanted = os.environ.get("CSD_FAST_CPU_CAPABILITY", "").strip().upper()
+    if wanted and wanted not in CPU_CAPABILITY_FLAGS:
+        sys.exit(f"csd_fast build: CSD_FAST_CPU_CAPABILITY must be one of "
+                 f"{sorted(CPU_CAPABILITY_FLAGS)}, got {wanted!r}")
+    if not wanted:
+        detected = torch.backends.cpu.get_cpu_capability()
+        wanted = detected if detected in CPU_CAPABILITY_FLAGS else "DEFAULT"
+    log(f"CPU kernels for {wanted} (set CSD_FAST_CPU_CAPABILITY to change)")
+    return wanted
+
+
+def cuda_arch_label():
+    from torch.utils.cpp_extension import _get_cuda_arch_flags
+
+    archs = []
+    for flag in _get_cuda_arch_flags():
+        # -gencode=arch=compute_90,code=sm_90 -> sm_90 (or compute_90 for PTX)
+        code = flag.split("code=")[-1]
+        archs.append(code)
+    return ",".join(sorted(set(archs)))
+
+
+def extensions():
+    with_cuda = configure_cuda()
+    import torch
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    archs = ""
+    if with_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        archs = cuda_arch_label()
+    capability = cpu_capability()
+    defines = [
+        f'-DCSD_FAST_TORCH_VERSION="{torch.__version__}"',
+        f'-DCSD_FAST_CUDA_ARCHS="{archs}"',
+        f'-DCSD_FAST_CPU_CAPABILITY="{capability}"',
+    ] + (["-DCSD_FAST_WITH_CUDA"] if with_cuda else [])
+    cxx = ["-O3", "-fdiagnostics-color=always"] + CPU_CAPABILITY_FLAGS[capability] + defines
+    kwargs = dict(
+        name="csd_fast._C",
+        sources=sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": cxx},
+        py_limited_api=True,
+    )
+    if not with_cuda:
+        return [CppExtension(**kwargs)]
+    kwargs["include_dirs"] += pip_cuda_include_dirs()
+    kwargs["extra_compile_args"]["nvcc"] = ["-O3"] + defines
+    return [CUDAExtension(**kwargs)]
+
+
+def build_ext_cmdclass():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+setup(
+    packages=find_packages(include=["csd_fast", "csd_fast.*"]),
+    ext_modules=extensions(),
+    cmdclass=build_ext_cmdclass(),
+    options={"bdist_wheel": {"py_limited_api": "cp311"}},
+)
