@@ -48,3 +48,5 @@ echo; cat "$OUT/bench.md"; echo
 grep -A 40 '^| case' "$OUT/baselines.log"
 echo; grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/memcheck.log" "$OUT/racecheck.log"
 echo; printf '%s\n' "${summary[@]}"
+# the device tool returns at most 8 files: pack the logs into one
+(cd "$OUT" && tar -czf logs.tar.gz ./*.log ./*.txt && rm -f ./*.log ./*.txt)

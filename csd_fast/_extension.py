@@ -1,6 +1,9 @@
 """Loads csd_fast._C, whose import registers the torch.ops.csd_fast kernels."""
 from __future__ import annotations
 
+import glob
+import os
+
 import torch
 
 CPU_LEVELS = {"DEFAULT": 0, "AVX2": 1, "AVX512": 2}
@@ -15,6 +18,15 @@ except ImportError as exc:  # the package still works with backend="reference"
 
 def _load_problem() -> str | None:
     """Why the kernels cannot run here, or None. Decided once, at import."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    in_source_tree = os.path.exists(os.path.join(package_dir, "..", "setup.py"))
+    if _C is None and in_source_tree and not glob.glob(os.path.join(package_dir, "_C*")):
+        return (
+            f"csd_fast was imported from its source tree ({package_dir}), which holds no "
+            "compiled extension. Run from another directory (and `pytest`, not `python -m "
+            "pytest`, which puts the current directory first on sys.path), or build in place "
+            "with `pip install --no-build-isolation -e .`."
+        )
     if _C is None:
         return (
             f"csd_fast's compiled kernels (csd_fast._C) could not be loaded: {_IMPORT_ERROR}. "

@@ -77,6 +77,31 @@ def test_layouts_and_gradients(device, layouts):
         torch.testing.assert_close(g, w)
 
 
+@pytest.mark.parametrize("count", [3, 16, 17])
+@pytest.mark.parametrize("case", ["packed", "odd_elements", "misaligned", "many_anchors"])
+def test_every_kernel_path(device, count, case):
+    """The CUDA op has a register fast path (K <= 16, elements divisible by 4, 16-byte
+    aligned) and a general path; both must compute the same function."""
+    batch, shape = (12, (4, 6, 10)) if case == "many_anchors" else (3, (5, 8, 12))
+    if case == "odd_elements":
+        shape = (5, 7, 9)
+    a = features((batch,) + shape, torch.float32, device)
+    if case == "misaligned":  # storage offset of one element breaks 16-byte alignment
+        a = torch.randn(a.numel() + 1, device=device)[1:].view(a.shape)
+    a.requires_grad_()
+    p = features((batch,) + shape, torch.float32, device).requires_grad_()
+    n = features((count,) + shape, torch.float32, device)
+    src = source_for(batch, count, device)
+    d_pos, d_neg = contrastive_distance(a, p, n, src)
+    grads = torch.autograd.grad(d_pos + 3 * d_neg, (a, p))
+    r_pos, r_neg = oracle(a, p, n, src)
+    want = torch.autograd.grad(r_pos + 3 * r_neg, (a, p))
+    torch.testing.assert_close(d_pos.double(), r_pos, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(d_neg.double(), r_neg, rtol=1e-5, atol=1e-6)
+    for g, w in zip(grads, want):
+        torch.testing.assert_close(g.double(), w.double(), rtol=1e-5, atol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gradient_low_precision(device, dtype):
     shape = (2, 16, 8, 8)

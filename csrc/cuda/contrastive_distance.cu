@@ -1,9 +1,13 @@
 // CUDA kernels of csd_fast::contrastive_distance and its backward.
 //
-// A thread owns one element position e and forms all B x K pairs there: each input
-// value comes from device memory once and the repeats hit L1, so the pass runs at
-// memory speed and the B x K difference maps never exist. Forward block sums land in
-// a small partials buffer that one deterministic reduction finishes.
+// A thread owns a few adjacent element positions and forms all (anchor, negative) pairs
+// there, so every input value comes from device memory about once and the B x K
+// difference maps never exist. The fast path keeps up to kRegisterNegatives negatives
+// in registers (16-byte loads) and splits the anchors into groups when there are too
+// few elements to fill the GPU; other cases (more negatives, unaligned data, the
+// gradient of the negatives) take the general path, which re-reads negatives from L1.
+// Forward block sums land in a small partials buffer that one deterministic reduction
+// finishes.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -34,6 +38,132 @@ __device__ __forceinline__ T block_sum(T value, T* shared) {
   if (warp == 0)
     for (int offset = 16; offset > 0; offset /= 2) value += __shfl_down_sync(0xffffffffu, value, offset);
   return value;
+}
+
+constexpr int kRegisterNegatives = 16;
+constexpr int kVec = 4;  // elements per thread per step: one 16-byte load for float
+
+template <typename T>
+struct alignas(sizeof(T) * kVec) Pack {
+  T v[kVec];
+};
+
+template <typename scalar_t, typename opmath_t>
+__device__ __forceinline__ void load_pack(const scalar_t* ptr, opmath_t (&out)[kVec]) {
+  const Pack<scalar_t> pack = *reinterpret_cast<const Pack<scalar_t>*>(ptr);
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) out[j] = opmath_t(pack.v[j]);
+}
+
+template <typename scalar_t, typename opmath_t>
+__device__ __forceinline__ void store_pack(scalar_t* ptr, const opmath_t (&in)[kVec]) {
+  Pack<scalar_t> pack;
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) pack.v[j] = scalar_t(in[j]);
+  *reinterpret_cast<Pack<scalar_t>*>(ptr) = pack;
+}
+
+// The K <= kRegisterNegatives negatives at one pack position, and their sources.
+template <typename scalar_t, typename opmath_t>
+struct RegisterNegatives {
+  opmath_t value[kRegisterNegatives][kVec];
+  int64_t source[kRegisterNegatives];
+
+  __device__ __forceinline__ void load(const scalar_t* negatives, const int64_t* sources,
+                                       int64_t K, int64_t E, int64_t offset) {
+#pragma unroll
+    for (int k = 0; k < kRegisterNegatives; ++k) {
+      if (k < K) {
+        load_pack(negatives + k * E + offset, value[k]);
+        source[k] = sources == nullptr ? -1 : sources[k];
+      }
+    }
+  }
+};
+
+// Forward, fast path. grid.x walks packs of kVec elements, grid.y picks a group of
+// anchors [b0, b1).
+template <typename scalar_t, typename opmath_t>
+__global__ void contrastive_distance_packed_kernel(
+    const scalar_t* __restrict__ anchor, const scalar_t* __restrict__ positive,
+    const scalar_t* __restrict__ negatives, const int64_t* __restrict__ source, int64_t B,
+    int64_t K, int64_t E, int64_t anchors_per_group, opmath_t* __restrict__ partials) {
+  const int64_t b0 = blockIdx.y * anchors_per_group;
+  const int64_t b1 = b0 + anchors_per_group < B ? b0 + anchors_per_group : B;
+  opmath_t pos = 0, neg = 0;
+  RegisterNegatives<scalar_t, opmath_t> n;
+  for (int64_t e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; e < E;
+       e += int64_t(gridDim.x) * blockDim.x * kVec) {
+    n.load(negatives, source, K, E, e);
+    for (int64_t b = b0; b < b1; ++b) {
+      opmath_t a[kVec], p[kVec];
+      load_pack(anchor + b * E + e, a);
+      load_pack(positive + b * E + e, p);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) pos += ::abs(p[j] - a[j]);
+#pragma unroll
+      for (int k = 0; k < kRegisterNegatives; ++k) {
+        if (k < K && n.source[k] != b) {
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) neg += ::abs(n.value[k][j] - a[j]);
+        }
+      }
+    }
+  }
+  __shared__ opmath_t shared[kThreads / 32];
+  pos = block_sum(pos, shared);
+  __syncthreads();
+  neg = block_sum(neg, shared);
+  if (threadIdx.x == 0) {
+    const int64_t block = int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
+    partials[2 * block] = pos;
+    partials[2 * block + 1] = neg;
+  }
+}
+
+// Backward to anchor (and positive), fast path; same grid as the forward.
+template <typename scalar_t, typename opmath_t>
+__global__ void contrastive_distance_backward_packed_kernel(
+    const scalar_t* __restrict__ grad_pos_distance, const scalar_t* __restrict__ grad_neg_distance,
+    opmath_t inv_total, const scalar_t* __restrict__ anchor, const scalar_t* __restrict__ positive,
+    const scalar_t* __restrict__ negatives, const int64_t* __restrict__ source, int64_t B,
+    int64_t K, int64_t E, int64_t anchors_per_group, scalar_t* __restrict__ grad_anchor,
+    scalar_t* __restrict__ grad_positive) {
+  const opmath_t gp = opmath_t(*grad_pos_distance) * inv_total;
+  const opmath_t gn = opmath_t(*grad_neg_distance) * inv_total;
+  const int64_t b0 = blockIdx.y * anchors_per_group;
+  const int64_t b1 = b0 + anchors_per_group < B ? b0 + anchors_per_group : B;
+  RegisterNegatives<scalar_t, opmath_t> n;
+  for (int64_t e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; e < E;
+       e += int64_t(gridDim.x) * blockDim.x * kVec) {
+    n.load(negatives, source, K, E, e);
+    for (int64_t b = b0; b < b1; ++b) {
+      opmath_t a[kVec], p[kVec], d[kVec], s[kVec];
+      load_pack(anchor + b * E + e, a);
+      load_pack(positive + b * E + e, p);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) {
+        d[j] = sign_of(a[j] - p[j]);
+        s[j] = 0;
+      }
+#pragma unroll
+      for (int k = 0; k < kRegisterNegatives; ++k) {
+        if (k < K && n.source[k] != b) {
+#pragma unroll
+          for (int j = 0; j < kVec; ++j) s[j] += sign_of(a[j] - n.value[k][j]);
+        }
+      }
+      opmath_t g[kVec];
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) g[j] = gp * d[j] + gn * s[j];
+      store_pack(grad_anchor + b * E + e, g);
+      if (grad_positive != nullptr) {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) g[j] = -gp * d[j];
+        store_pack(grad_positive + b * E + e, g);
+      }
+    }
+  }
 }
 
 template <typename scalar_t, typename opmath_t>
@@ -94,6 +224,34 @@ __global__ void contrastive_distance_backward_kernel(
   }
 }
 
+// Grid of the fast path: enough blocks over packs to fill the GPU, and the anchors cut
+// into groups (each group re-reads the negatives, from L2) when packs alone cannot.
+struct PackedPlan {
+  bool usable;
+  dim3 grid;
+  int64_t anchors_per_group;
+};
+
+PackedPlan plan_packed(const ContrastiveInputs& in, bool negatives_grad) {
+  const auto ptr_aligned = [](const at::Tensor& t) {
+    return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % (t.element_size() * kVec) == 0;
+  };
+  PackedPlan plan{};
+  plan.usable = !negatives_grad && in.count <= kRegisterNegatives && in.elements % kVec == 0 &&
+                in.anchor.scalar_type() != at::kDouble && ptr_aligned(in.anchor) &&
+                ptr_aligned(in.positive) && ptr_aligned(in.negatives);
+  if (!plan.usable) return plan;
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t packs = in.elements / kVec;
+  const int64_t blocks = (packs + kThreads - 1) / kThreads;
+  const int64_t wanted_threads = sms * 2048;
+  int64_t groups = std::min<int64_t>(in.batch, std::max<int64_t>(1, wanted_threads / (blocks * kThreads)));
+  plan.anchors_per_group = (in.batch + groups - 1) / groups;
+  groups = (in.batch + plan.anchors_per_group - 1) / plan.anchors_per_group;
+  plan.grid = dim3(static_cast<unsigned>(std::min<int64_t>(blocks, sms * 16)), static_cast<unsigned>(groups));
+  return plan;
+}
+
 int64_t grid_for(int64_t elements, int64_t max_blocks_per_sm) {
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   const int64_t needed = (elements + kThreads - 1) / kThreads;
@@ -107,18 +265,26 @@ std::tuple<at::Tensor, at::Tensor> contrastive_distance_cuda(
                                              c10::DeviceType::CUDA);
   const c10::cuda::CUDAGuard guard(anchor.device());
   const int64_t B = in.batch, K = in.count, E = in.elements;
-  const int64_t blocks = grid_for(E, 8);
+  const PackedPlan plan = plan_packed(in, /*negatives_grad=*/false);
+  const int64_t blocks = plan.usable ? int64_t(plan.grid.x) * plan.grid.y : grid_for(E, 8);
   const auto opmath_dtype = anchor.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto partials = at::empty({blocks, 2}, anchor.options().dtype(opmath_dtype));
   const int64_t* source = in.source.defined() ? in.source.const_data_ptr<int64_t>() : nullptr;
+  const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anchor.scalar_type(),
                                   "contrastive_distance_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    contrastive_distance_kernel<scalar_t, opmath_t>
-        <<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            in.anchor.const_data_ptr<scalar_t>(), in.positive.const_data_ptr<scalar_t>(),
-            in.negatives.const_data_ptr<scalar_t>(), source, B, K, E,
-            partials.mutable_data_ptr<opmath_t>());
+    const auto* a = in.anchor.const_data_ptr<scalar_t>();
+    const auto* p = in.positive.const_data_ptr<scalar_t>();
+    const auto* n = in.negatives.const_data_ptr<scalar_t>();
+    auto* out = partials.mutable_data_ptr<opmath_t>();
+    if (plan.usable) {
+      contrastive_distance_packed_kernel<scalar_t, opmath_t><<<plan.grid, kThreads, 0, stream>>>(
+          a, p, n, source, B, K, E, plan.anchors_per_group, out);
+    } else {
+      contrastive_distance_kernel<scalar_t, opmath_t><<<blocks, kThreads, 0, stream>>>(
+          a, p, n, source, B, K, E, out);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   const double total = static_cast<double>(B) * static_cast<double>(E);
@@ -146,17 +312,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_distance_backward_cud
                                                 : at::empty({0}, anchor.options());
   const int64_t* source = in.source.defined() ? in.source.const_data_ptr<int64_t>() : nullptr;
   const double total = static_cast<double>(B) * static_cast<double>(E);
+  const PackedPlan plan = plan_packed(in, negatives_requires_grad);
+  const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anchor.scalar_type(),
                                   "contrastive_distance_backward_cuda", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
-    contrastive_distance_backward_kernel<scalar_t, opmath_t>
-        <<<grid_for(E, 16), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-            grad_pos.const_data_ptr<scalar_t>(), grad_neg.const_data_ptr<scalar_t>(),
-            static_cast<opmath_t>(1.0 / total), in.anchor.const_data_ptr<scalar_t>(),
-            in.positive.const_data_ptr<scalar_t>(), in.negatives.const_data_ptr<scalar_t>(),
-            source, B, K, E, grad_anchor.mutable_data_ptr<scalar_t>(),
-            positive_requires_grad ? grad_positive.mutable_data_ptr<scalar_t>() : nullptr,
-            negatives_requires_grad ? grad_negatives.mutable_data_ptr<scalar_t>() : nullptr);
+    const auto inv_total = static_cast<opmath_t>(1.0 / total);
+    const auto* gp = grad_pos.const_data_ptr<scalar_t>();
+    const auto* gn = grad_neg.const_data_ptr<scalar_t>();
+    const auto* a = in.anchor.const_data_ptr<scalar_t>();
+    const auto* p = in.positive.const_data_ptr<scalar_t>();
+    const auto* n = in.negatives.const_data_ptr<scalar_t>();
+    auto* ga = grad_anchor.mutable_data_ptr<scalar_t>();
+    auto* gpos = positive_requires_grad ? grad_positive.mutable_data_ptr<scalar_t>() : nullptr;
+    if (plan.usable) {
+      contrastive_distance_backward_packed_kernel<scalar_t, opmath_t>
+          <<<plan.grid, kThreads, 0, stream>>>(gp, gn, inv_total, a, p, n, source, B, K, E,
+                                               plan.anchors_per_group, ga, gpos);
+    } else {
+      contrastive_distance_backward_kernel<scalar_t, opmath_t>
+          <<<grid_for(E, 16), kThreads, 0, stream>>>(
+              gp, gn, inv_total, a, p, n, source, B, K, E, ga, gpos,
+              negatives_requires_grad ? grad_negatives.mutable_data_ptr<scalar_t>() : nullptr);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {grad_anchor, grad_positive, grad_negatives};
