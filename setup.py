@@ -54,14 +54,20 @@ def find_cuda_home():
 
 def pip_cuda_include_dirs():
     """Headers of the pip CUDA wheels (ATen's CUDA headers include cusparse.h, which a
-    runtime-only toolkit lacks)."""
+    runtime-only toolkit lacks). Looked for beside torch first: under pip's build
+    isolation torch lives in a temporary prefix that site.getsitepackages() omits."""
     import site
 
-    roots = site.getsitepackages() + [site.getusersitepackages()]
+    import torch
+
+    roots = [os.path.dirname(os.path.dirname(torch.__file__))]
+    roots += site.getsitepackages() + [site.getusersitepackages()] + sys.path
     found = []
-    for root in roots:
-        found += sorted(glob.glob(os.path.join(root, "nvidia", "*", "include")))
-    return [d for d in found if os.path.exists(os.path.join(d, "cusparse.h"))]
+    for root in dict.fromkeys(roots):
+        for folder in sorted(glob.glob(os.path.join(root, "nvidia", "*", "include"))):
+            if os.path.exists(os.path.join(folder, "cusparse.h")) and folder not in found:
+                found.append(folder)
+    return found
 
 
 def cuda_requested():
