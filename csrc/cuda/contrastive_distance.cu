@@ -16,6 +16,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "contrastive_distance.h"
 
 namespace csd_fast {
@@ -40,7 +42,9 @@ __device__ __forceinline__ T block_sum(T value, T* shared) {
   return value;
 }
 
-constexpr int kRegisterNegatives = 16;
+// 12 covers the reference recipe's K = 10 and keeps the fast kernels near 100 registers
+// (three blocks of 256 per SM); larger K takes the general path.
+constexpr int kRegisterNegatives = 12;
 constexpr int kVec = 4;  // elements per thread per step: one 16-byte load for float
 
 template <typename T>
@@ -67,15 +71,16 @@ __device__ __forceinline__ void store_pack(scalar_t* ptr, const opmath_t (&in)[k
 template <typename scalar_t, typename opmath_t>
 struct RegisterNegatives {
   opmath_t value[kRegisterNegatives][kVec];
-  int64_t source[kRegisterNegatives];
+  int source[kRegisterNegatives];  // batch index the negative came from, or -1
 
   __device__ __forceinline__ void load(const scalar_t* negatives, const int64_t* sources,
-                                       int64_t K, int64_t E, int64_t offset) {
+                                       int64_t B, int64_t K, int64_t E, int64_t offset) {
 #pragma unroll
     for (int k = 0; k < kRegisterNegatives; ++k) {
       if (k < K) {
         load_pack(negatives + k * E + offset, value[k]);
-        source[k] = sources == nullptr ? -1 : sources[k];
+        const int64_t s = sources == nullptr ? -1 : sources[k];
+        source[k] = (s >= 0 && s < B) ? static_cast<int>(s) : -1;
       }
     }
   }
@@ -84,7 +89,7 @@ struct RegisterNegatives {
 // Forward, fast path. grid.x walks packs of kVec elements, grid.y picks a group of
 // anchors [b0, b1).
 template <typename scalar_t, typename opmath_t>
-__global__ void contrastive_distance_packed_kernel(
+__global__ void __launch_bounds__(kThreads, 3) contrastive_distance_packed_kernel(
     const scalar_t* __restrict__ anchor, const scalar_t* __restrict__ positive,
     const scalar_t* __restrict__ negatives, const int64_t* __restrict__ source, int64_t B,
     int64_t K, int64_t E, int64_t anchors_per_group, opmath_t* __restrict__ partials) {
@@ -94,7 +99,7 @@ __global__ void contrastive_distance_packed_kernel(
   RegisterNegatives<scalar_t, opmath_t> n;
   for (int64_t e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; e < E;
        e += int64_t(gridDim.x) * blockDim.x * kVec) {
-    n.load(negatives, source, K, E, e);
+    n.load(negatives, source, B, K, E, e);
     for (int64_t b = b0; b < b1; ++b) {
       opmath_t a[kVec], p[kVec];
       load_pack(anchor + b * E + e, a);
@@ -123,7 +128,7 @@ __global__ void contrastive_distance_packed_kernel(
 
 // Backward to anchor (and positive), fast path; same grid as the forward.
 template <typename scalar_t, typename opmath_t>
-__global__ void contrastive_distance_backward_packed_kernel(
+__global__ void __launch_bounds__(kThreads, 2) contrastive_distance_backward_packed_kernel(
     const scalar_t* __restrict__ grad_pos_distance, const scalar_t* __restrict__ grad_neg_distance,
     opmath_t inv_total, const scalar_t* __restrict__ anchor, const scalar_t* __restrict__ positive,
     const scalar_t* __restrict__ negatives, const int64_t* __restrict__ source, int64_t B,
@@ -136,7 +141,7 @@ __global__ void contrastive_distance_backward_packed_kernel(
   RegisterNegatives<scalar_t, opmath_t> n;
   for (int64_t e = (blockIdx.x * int64_t(blockDim.x) + threadIdx.x) * kVec; e < E;
        e += int64_t(gridDim.x) * blockDim.x * kVec) {
-    n.load(negatives, source, K, E, e);
+    n.load(negatives, source, B, K, E, e);
     for (int64_t b = b0; b < b1; ++b) {
       opmath_t a[kVec], p[kVec], d[kVec], s[kVec];
       load_pack(anchor + b * E + e, a);
@@ -163,6 +168,28 @@ __global__ void contrastive_distance_backward_packed_kernel(
         store_pack(grad_positive + b * E + e, g);
       }
     }
+  }
+}
+
+// Sums the per-block partials in a fixed order (deterministic), divides by B*C*H*W and
+// writes both distances in the output dtype: one launch instead of four.
+template <typename scalar_t, typename opmath_t>
+__global__ void contrastive_distance_finish_kernel(const opmath_t* __restrict__ partials,
+                                                   int64_t blocks, double inv_total,
+                                                   scalar_t* __restrict__ d_pos,
+                                                   scalar_t* __restrict__ d_neg) {
+  double pos = 0, neg = 0;
+  for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x) {
+    pos += partials[2 * i];
+    neg += partials[2 * i + 1];
+  }
+  __shared__ double shared[kThreads / 32];
+  pos = block_sum(pos, shared);
+  __syncthreads();
+  neg = block_sum(neg, shared);
+  if (threadIdx.x == 0) {
+    *d_pos = scalar_t(pos * inv_total);
+    *d_neg = scalar_t(neg * inv_total);
   }
 }
 
@@ -269,6 +296,8 @@ std::tuple<at::Tensor, at::Tensor> contrastive_distance_cuda(
   const int64_t blocks = plan.usable ? int64_t(plan.grid.x) * plan.grid.y : grid_for(E, 8);
   const auto opmath_dtype = anchor.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto partials = at::empty({blocks, 2}, anchor.options().dtype(opmath_dtype));
+  auto d_pos = at::empty({}, anchor.options());
+  auto d_neg = at::empty({}, anchor.options());
   const int64_t* source = in.source.defined() ? in.source.const_data_ptr<int64_t>() : nullptr;
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anchor.scalar_type(),
@@ -278,18 +307,23 @@ std::tuple<at::Tensor, at::Tensor> contrastive_distance_cuda(
     const auto* p = in.positive.const_data_ptr<scalar_t>();
     const auto* n = in.negatives.const_data_ptr<scalar_t>();
     auto* out = partials.mutable_data_ptr<opmath_t>();
-    if (plan.usable) {
-      contrastive_distance_packed_kernel<scalar_t, opmath_t><<<plan.grid, kThreads, 0, stream>>>(
-          a, p, n, source, B, K, E, plan.anchors_per_group, out);
-    } else {
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      if (plan.usable) {
+        contrastive_distance_packed_kernel<scalar_t, opmath_t><<<plan.grid, kThreads, 0, stream>>>(
+            a, p, n, source, B, K, E, plan.anchors_per_group, out);
+      }
+    }
+    if (!plan.usable) {
       contrastive_distance_kernel<scalar_t, opmath_t><<<blocks, kThreads, 0, stream>>>(
           a, p, n, source, B, K, E, out);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    contrastive_distance_finish_kernel<scalar_t, opmath_t><<<1, kThreads, 0, stream>>>(
+        out, blocks, 1.0 / (static_cast<double>(B) * static_cast<double>(E)),
+        d_pos.mutable_data_ptr<scalar_t>(), d_neg.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  const double total = static_cast<double>(B) * static_cast<double>(E);
-  auto sums = (partials.sum(0, /*keepdim=*/false, at::kDouble) / total).to(anchor.scalar_type());
-  return {sums[0].clone(), sums[1].clone()};  // outputs of an op must not alias
+  return {d_pos, d_neg};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_distance_backward_cuda(
@@ -325,11 +359,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_distance_backward_cud
     const auto* n = in.negatives.const_data_ptr<scalar_t>();
     auto* ga = grad_anchor.mutable_data_ptr<scalar_t>();
     auto* gpos = positive_requires_grad ? grad_positive.mutable_data_ptr<scalar_t>() : nullptr;
-    if (plan.usable) {
-      contrastive_distance_backward_packed_kernel<scalar_t, opmath_t>
-          <<<plan.grid, kThreads, 0, stream>>>(gp, gn, inv_total, a, p, n, source, B, K, E,
-                                               plan.anchors_per_group, ga, gpos);
-    } else {
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      if (plan.usable) {
+        contrastive_distance_backward_packed_kernel<scalar_t, opmath_t>
+            <<<plan.grid, kThreads, 0, stream>>>(gp, gn, inv_total, a, p, n, source, B, K, E,
+                                                 plan.anchors_per_group, ga, gpos);
+      }
+    }
+    if (!plan.usable) {
       contrastive_distance_backward_kernel<scalar_t, opmath_t>
           <<<grid_for(E, 16), kThreads, 0, stream>>>(
               gp, gn, inv_total, a, p, n, source, B, K, E, ga, gpos,
