@@ -1,0 +1,106 @@
+"""CSD's loss: L1 to HR for student and teacher plus the contrastive term.
+
+    L = L1(S, HR) + lambda_T * L1(T, HR) + lambda_C * sum_j w_j * d(T_j, S_j) / (d(S_j, N_j) + eps)
+
+with VGG19 features j = relu1_1 .. relu5_1 (GUIDE section 1). Each distinct negative's
+VGG features are computed once per step and the B x K pairs are reduced by the
+contrastive-distance op without being materialised.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import contrastive_distance, contrastive_distance_reference
+from .vgg import VGG19Features
+
+LAYER_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+DISTANCES = {"fused": contrastive_distance, "reference": contrastive_distance_reference}
+
+
+def make_negatives(lr: torch.Tensor, scale: int, count: int,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` LR images of the batch, bicubic-upsampled (PyTorch's bicubic, as the
+    reference), detached; and which batch item each came from.
+
+    The reference draws them as lr[randperm(B)[:K]], so it needs B >= K.
+    """
+    batch = lr.size(0)
+    if not 1 <= count <= batch:
+        raise ValueError(f"neg_num={count} negatives are drawn from the batch, which has {batch} "
+                         f"images: need 1 <= neg_num <= batch size")
+    source = torch.randperm(batch, generator=generator)[:count].to(lr.device)
+    with torch.no_grad():
+        negatives = F.interpolate(lr[source], scale_factor=scale, mode="bicubic", align_corners=False)
+    return negatives, source
+
+
+class ContrastiveLoss(nn.Module):
+    """sum_j w_j * d(T_j, S_j) / (d(S_j, N_j) + eps) over VGG layers j.
+
+    d(T, S) = mean |T - S|; d(S, N) = mean over (b, c, h, w) of sum_k |N_k - S_b|, the
+    reference's "ratio of batch means". negative_source (see csd_fast.ops) leaves each
+    anchor's own upsampled input out of its negatives; None keeps the reference
+    behaviour, where it can be among them.
+    """
+
+    def __init__(self, vgg: VGG19Features, layer_weights=LAYER_WEIGHTS, eps: float = 1e-7,
+                 backend: str = "fused"):
+        super().__init__()
+        if backend not in DISTANCES:
+            raise ValueError(f"backend must be one of {sorted(DISTANCES)}, got {backend!r}")
+        if len(layer_weights) != 5:
+            raise ValueError(f"need 5 layer weights (relu1_1 .. relu5_1), got {len(layer_weights)}")
+        self.vgg = vgg
+        self.layer_weights = tuple(float(w) for w in layer_weights)
+        self.eps = eps
+        self.backend = backend
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, negatives: torch.Tensor,
+                negative_source: torch.Tensor | None = None) -> torch.Tensor:
+        if student.shape != teacher.shape or negatives.shape[1:] != student.shape[1:]:
+            raise ValueError(f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)} and "
+                             f"negatives {tuple(negatives.shape)} must share (C, H, W)")
+        batch = student.size(0)
+        # one VGG pass over every distinct image: B students, B teachers, K negatives
+        features = self.vgg(torch.cat([student, teacher, negatives.to(student.dtype)]))
+        distance = DISTANCES[self.backend]
+        loss = student.new_zeros((), dtype=torch.float32)
+        for weight, f in zip(self.layer_weights, features):
+            d_pos, d_neg = distance(f[:batch], f[batch:2 * batch], f[2 * batch:], negative_source)
+            loss = loss + weight * d_pos.float() / (d_neg.float() + self.eps)
+        return loss
+
+
+class CSDLoss(nn.Module):
+    """The full CSD objective; returns a dict of the total and its terms.
+
+    lambda_c = 0 and lambda_t = 0 give the student-only L1 baseline (VGG unused).
+    """
+
+    def __init__(self, vgg: VGG19Features | None, lambda_c: float = 200.0, lambda_t: float = 1.0,
+                 neg_num: int = 10, t_detach: bool = True, exclude_self: bool = False,
+                 backend: str = "fused"):
+        super().__init__()
+        if lambda_c and vgg is None:
+            raise ValueError("lambda_c > 0 needs the VGG19 feature extractor")
+        self.contrastive = ContrastiveLoss(vgg, backend=backend) if lambda_c else None
+        self.lambda_c, self.lambda_t = float(lambda_c), float(lambda_t)
+        self.neg_num, self.t_detach, self.exclude_self = neg_num, t_detach, exclude_self
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor | None, hr: torch.Tensor,
+                lr: torch.Tensor, scale: int, generator: torch.Generator | None = None) -> dict:
+        terms = {"l1_student": F.l1_loss(student, hr)}
+        total = terms["l1_student"]
+        if self.lambda_t:
+            terms["l1_teacher"] = F.l1_loss(teacher, hr)
+            total = total + self.lambda_t * terms["l1_teacher"]
+        if self.lambda_c:
+            negatives, source = make_negatives(lr, scale, self.neg_num, generator)
+            positive = teacher.detach() if self.t_detach else teacher
+            terms["contrastive"] = self.contrastive(
+                student, positive, negatives, source if self.exclude_self else None)
+            total = total + self.lambda_c * terms["contrastive"]
+        terms["total"] = total
+        return terms
