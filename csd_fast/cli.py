@@ -3,6 +3,11 @@
     csd-fast info                      what was compiled, torch, devices
     csd-fast smoke [--preset edsr ...] run the model at several widths, both backends,
                                        and report parameters, agreement and time
+    csd-fast eval --data DIR ... --scale S [--checkpoint CKPT] ...
+                                       PSNR/SSIM (Y channel, crop = scale) per dataset,
+                                       the model beside bicubic
+    csd-fast upscale IMAGE_OR_DIR ... -o OUT --checkpoint CKPT
+                                       write upscaled PNGs
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -80,6 +86,71 @@ def cmd_smoke(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from .evaluate import evaluate, format_table, write_reports
+
+    model = None
+    if args.checkpoint:
+        model = load_checkpoint(args.checkpoint, map_location="cpu").float()
+    scale = args.scale or (model.scale if model is not None else None)
+    if scale is None:
+        print("error: --scale is needed when no --checkpoint is given", file=sys.stderr)
+        return 2
+    results = evaluate(model, args.data, scale, width=args.width, ensemble=args.self_ensemble,
+                       tile=args.tile, overlap=args.tile_overlap, device=args.device,
+                       dtype=args.dtype, y_channel=not args.rgb, save_images=args.save_images)
+    label = f"width {args.width:g}" + (" +ensemble" if args.self_ensemble else "")
+    print(f"x{scale}, {'RGB' if args.rgb else 'Y channel'}, crop {scale}")
+    print(format_table(results, label))
+    meta = dict(checkpoint=args.checkpoint, scale=scale, width=args.width,
+                self_ensemble=args.self_ensemble, tile=args.tile, y_channel=not args.rgb,
+                dtype=args.dtype, device=args.device)
+    write_reports(results, args.json, args.csv, meta)
+    return 0
+
+
+def cmd_upscale(args) -> int:
+    from tqdm import tqdm
+
+    from .evaluate import DTYPES
+    from .upscale import UnreadableImage, collect_inputs, read_picture, upscale_picture, write_picture
+
+    files = collect_inputs(args.inputs)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    model = load_checkpoint(args.checkpoint, map_location="cpu").float().to(device).eval()
+    model.channels(args.width)
+    failed = 0
+    for path in tqdm(files, desc=f"x{model.scale} width {args.width:g}", unit="img"):
+        try:
+            picture = read_picture(path)
+        except UnreadableImage as err:
+            if not args.skip_unreadable:
+                raise
+            print(f"warning: skipped {err}", file=sys.stderr)
+            failed += 1
+            continue
+        out = upscale_picture(model, picture, args.width, device, ensemble=args.self_ensemble,
+                              tile=args.tile, overlap=args.tile_overlap,
+                              autocast_dtype=DTYPES[args.dtype])
+        write_picture(Path(args.output) / f"{path.stem}.png", out)
+    print(f"wrote {len(files) - failed} image(s) to {args.output}")
+    return 0
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def unit_width(text: str) -> float:
+    (value,) = parse_widths(text)
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="csd-fast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,6 +164,35 @@ def build_parser() -> argparse.ArgumentParser:
     smoke.add_argument("--repeats", type=int, default=3)
     smoke.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     smoke.set_defaults(func=cmd_smoke)
+
+    ev = sub.add_parser("eval", help="PSNR/SSIM on benchmark folders, beside bicubic")
+    ev.add_argument("--data", nargs="+", required=True, help="dataset folders (any supported layout)")
+    ev.add_argument("--scale", type=int, choices=[2, 3, 4], help="default: the checkpoint's")
+    ev.add_argument("--checkpoint", help="omit for the bicubic rows alone")
+    ev.add_argument("--width", type=unit_width, default=1.0, help="width ratio r in (0, 1]")
+    ev.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble")
+    ev.add_argument("--tile", type=positive_int, help="LR tile size for large images")
+    ev.add_argument("--tile-overlap", type=int, help="LR context per tile side (default: exact)")
+    ev.add_argument("--save-images", help="folder for the SR PNGs")
+    ev.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ev.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ev.add_argument("--rgb", action="store_true", help="RGB metrics instead of the Y channel")
+    ev.add_argument("--json", default="eval_results.json", help="where to write all numbers")
+    ev.add_argument("--csv", default="eval_results.csv", help="where to write per-image rows")
+    ev.set_defaults(func=cmd_eval)
+
+    up = sub.add_parser("upscale", help="upscale image files to PNG")
+    up.add_argument("inputs", nargs="+", help="image files or folders of images")
+    up.add_argument("-o", "--output", required=True, help="output folder")
+    up.add_argument("--checkpoint", required=True, help="any layout csd_fast.load_checkpoint reads")
+    up.add_argument("--width", type=unit_width, default=1.0, help="width ratio r in (0, 1]")
+    up.add_argument("--self-ensemble", action="store_true", help="x8 geometric self-ensemble")
+    up.add_argument("--tile", type=positive_int, help="LR tile size for large images")
+    up.add_argument("--tile-overlap", type=int, help="LR context per tile side (default: exact)")
+    up.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    up.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    up.add_argument("--skip-unreadable", action="store_true", help="warn and go on past broken files")
+    up.set_defaults(func=cmd_upscale)
     return parser
 
 

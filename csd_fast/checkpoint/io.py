@@ -10,7 +10,6 @@ import json
 import os
 import pickle
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from .._atomic import atomic_write_bytes
 from ..archs.edsr_csd import EDSRCSD
 from .layouts import convert_state_dict
 
@@ -52,39 +52,8 @@ def save_checkpoint(model: nn.Module, path: PathLike, metadata: Mapping[str, str
         header[key] = value
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     path = Path(os.fspath(path))
-    _atomic_write(path, safetensors.torch.save(tensors, metadata=header))
+    atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=header))
     return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write data to a temporary file next to path, then move it over path.
-
-    Same directory so os.replace is a rename on one file system; fsync before the rename
-    so a crash cannot leave the new name pointing at unwritten data. Created with
-    os.open rather than mkstemp or safetensors.save_file, whose 0600 mode would
-    outlive the rename; os.open applies the umask like any new file.
-    """
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on some platforms (Windows)
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def _is_safetensors(path: Path) -> bool:

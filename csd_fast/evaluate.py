@@ -1,0 +1,115 @@
+"""The SR field's evaluation protocol on benchmark folders, with a bicubic row beside
+the model's (GUIDE section 1, "Evaluation protocol")."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ._atomic import atomic_write_bytes
+from .archs import EDSRCSD
+from .data import SRFolder, imresize, write_png
+from .inference import upscale
+from .metrics import psnr, quantize_uint8, ssim
+
+DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def to_uint8(img: torch.Tensor) -> torch.Tensor:
+    """Quantise a float image in [0, 255] as the protocol does (MATLAB's uint8())."""
+    return quantize_uint8(img).to(torch.uint8)
+
+
+def evaluate(
+    model: EDSRCSD | None,
+    data: Sequence[str | os.PathLike],
+    scale: int,
+    *,
+    width: float = 1.0,
+    ensemble: bool = False,
+    tile: int | None = None,
+    overlap: int | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str = "float32",
+    y_channel: bool = True,
+    save_images: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Mean PSNR/SSIM per dataset folder, for the model (if given) and for bicubic.
+
+    Returns {set name: {"model": {"psnr", "ssim"}, "bicubic": {...}, "images": [...]}}.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    if model is not None:
+        if model.scale != scale:
+            raise ValueError(f"the model upscales x{model.scale} but --scale is {scale}")
+        model = model.to(device).eval()
+        model.channels(width)  # validates width before any image is read
+    results = {}
+    for root in data:
+        dataset = SRFolder(root, scale)
+        rows = []
+        bar = tqdm(total=len(dataset), desc=f"{dataset.name} x{scale}", disable=not progress,
+                   unit="img", leave=False)
+        for name, lr, hr in dataset:
+            row = {"image": name}
+            bicubic = to_uint8(imresize(lr, scale))  # uint8 in: MATLAB's integer path
+            row["bicubic_psnr"] = psnr(bicubic, hr, crop=scale, y_channel=y_channel)
+            row["bicubic_ssim"] = ssim(bicubic, hr, crop=scale, y_channel=y_channel)
+            if model is not None:
+                x = lr.to(device).float().unsqueeze(0) * (model.rgb_range / 255)
+                sr = upscale(model, x, width, ensemble=ensemble, tile=tile, overlap=overlap,
+                             autocast_dtype=DTYPES[dtype])
+                sr = to_uint8(sr[0].cpu() * (255 / model.rgb_range))
+                row["psnr"] = psnr(sr, hr, crop=scale, y_channel=y_channel)
+                row["ssim"] = ssim(sr, hr, crop=scale, y_channel=y_channel)
+                if save_images is not None:
+                    write_png(Path(save_images) / dataset.name / f"{name}.png", sr)
+            rows.append(row)
+            bar.update(1)
+        bar.close()
+        summary = {"bicubic": _means(rows, "bicubic_"), "images": rows}
+        if model is not None:
+            summary["model"] = _means(rows, "")
+        results[dataset.name] = summary
+    return results
+
+
+def _means(rows: list[dict], prefix: str) -> dict:
+    return {m: sum(r[prefix + m] for r in rows) / len(rows) for m in ("psnr", "ssim")}
+
+
+def format_table(results: dict, label: str = "model") -> str:
+    lines = [f"{'dataset':<12} {'method':<24} {'PSNR':>8} {'SSIM':>7}"]
+    for name, summary in results.items():
+        for method, key in (("bicubic", "bicubic"), (label, "model")):
+            if key in summary:
+                m = summary[key]
+                lines.append(f"{name:<12} {method:<24} {m['psnr']:>8.2f} {m['ssim']:>7.4f}")
+    return "\n".join(lines)
+
+
+def write_reports(results: dict, json_path: str | os.PathLike | None,
+                  csv_path: str | os.PathLike | None, meta: dict) -> None:
+    """JSON with everything, CSV with one row per image; both written atomically."""
+    if json_path:
+        atomic_write_bytes(json_path, json.dumps({"meta": meta, "results": results}, indent=1).encode())
+    if csv_path:
+        buffer = io.StringIO()
+        fields = ["dataset", "image", "psnr", "ssim", "bicubic_psnr", "bicubic_ssim"]
+        writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        for name, summary in results.items():
+            for row in summary["images"]:
+                writer.writerow({"dataset": name, **row})
+        atomic_write_bytes(csv_path, buffer.getvalue().encode())

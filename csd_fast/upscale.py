@@ -1,0 +1,102 @@
+"""Upscaling image files with any checkpoint: 8- and 16-bit PNGs keep their bit depth,
+alpha is carried over by bicubic upscaling, greyscale stays greyscale."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import png
+import torch
+from PIL import Image
+
+from ._atomic import atomic_write_bytes
+from .archs import EDSRCSD
+from .data import imresize
+from .inference import upscale
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class UnreadableImage(ValueError):
+    pass
+
+
+@dataclass
+class Picture:
+    color: torch.Tensor  # (C, H, W) float64 in [0, 1], C = 1 (grey) or 3
+    alpha: torch.Tensor | None  # (1, H, W) float64 in [0, 1]
+    bitdepth: int  # 8 or 16
+
+
+def read_picture(path: Path) -> Picture:
+    """An image file as float channels in [0, 1], keeping what writing it back needs."""
+    try:
+        if path.suffix.lower() == ".png":
+            width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+            pixels = np.vstack([np.asarray(row, dtype=np.float64) for row in rows])
+            planes, bitdepth = info["planes"], info["bitdepth"]
+            pixels = pixels.reshape(height, width, planes) / (2**bitdepth - 1)
+            bitdepth = 16 if bitdepth > 8 else 8
+        else:
+            with Image.open(path) as im:
+                im.load()
+                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+                pixels = np.asarray(im, dtype=np.float64) / 255
+            planes, bitdepth = pixels.shape[2], 8
+    except Exception as err:  # PIL and pypng raise many types for broken files
+        raise UnreadableImage(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
+    data = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+    has_alpha = planes in (2, 4)
+    color = data[:-1] if has_alpha else data
+    return Picture(color, data[-1:] if has_alpha else None, bitdepth)
+
+
+def write_picture(path: Path, picture: Picture) -> None:
+    """PNG at the picture's bit depth, written atomically."""
+    top = 2**picture.bitdepth - 1
+    data = picture.color if picture.alpha is None else torch.cat([picture.color, picture.alpha])
+    pixels = (data.clamp(0, 1) * top).round().to(torch.int64).permute(1, 2, 0).numpy()
+    height, width, planes = pixels.shape
+    writer = png.Writer(width, height, greyscale=planes in (1, 2), alpha=picture.alpha is not None,
+                        bitdepth=picture.bitdepth)
+    encoded = io.BytesIO()
+    writer.write(encoded, pixels.reshape(height, width * planes).astype(np.uint16 if top > 255 else np.uint8))
+    atomic_write_bytes(path, encoded.getvalue())
+
+
+def upscale_picture(model: EDSRCSD, picture: Picture, width: float, device: torch.device,
+                    **options) -> Picture:
+    grey = picture.color.size(0) == 1
+    rgb = picture.color.expand(3, -1, -1) if grey else picture.color
+    x = rgb.to(device, torch.float32).unsqueeze(0) * model.rgb_range
+    sr = upscale(model, x, width, **options)[0].double().cpu() / model.rgb_range
+    if grey:
+        sr = sr.mean(0, keepdim=True)
+    alpha = None
+    if picture.alpha is not None:
+        alpha = imresize(picture.alpha, model.scale).clamp(0, 1)
+    return Picture(sr.clamp(0, 1), alpha, picture.bitdepth)
+
+
+def collect_inputs(inputs: list[str]) -> list[Path]:
+    """Image files named directly or found (not recursively) in the folders named."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ValueError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    stems = {}
+    for f in files:
+        if f.stem in stems:
+            raise ValueError(f"{stems[f.stem]} and {f} would both be written as {f.stem}.png")
+        stems[f.stem] = f
+    return files

@@ -1,0 +1,110 @@
+"""The evaluator: protocol numbers on the real benchmark sets, reports, tiling, CLI."""
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from csd_fast import EDSRCSD, save_checkpoint
+from csd_fast.cli import main
+from csd_fast.evaluate import evaluate
+
+DATA = Path(os.environ.get("CSD_FAST_BENCHMARK_DATA",
+                           Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"))
+needs_data = pytest.mark.skipif(not (DATA / "Set5").is_dir(), reason=f"benchmark data not found at {DATA}")
+
+# Bicubic, Y channel, crop = scale: the values the SR literature reports.
+PUBLISHED_BICUBIC = {("Set5", 4): (28.42, 0.8104), ("Set5", 2): (33.66, 0.9299),
+                     ("Set14", 2): (30.24, 0.8688), ("Set14", 3): (27.55, 0.7742),
+                     ("Set14", 4): (26.00, 0.7027)}
+
+
+@needs_data
+@pytest.mark.parametrize("name,scale", list(PUBLISHED_BICUBIC))
+def test_bicubic_rows_match_the_literature(name, scale):
+    result = evaluate(None, [DATA / name], scale, progress=False)[name]["bicubic"]
+    psnr, ssim = PUBLISHED_BICUBIC[(name, scale)]
+    assert abs(result["psnr"] - psnr) < 0.1, result
+    assert abs(result["ssim"] - ssim) < 0.005, result
+
+
+def tiny_model(scale=2):
+    torch.manual_seed(0)
+    return EDSRCSD(scale, 1, 8, 1.0)
+
+
+def make_hr_folder(root: Path, count=3, size=(26, 30)):
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        base = rng.integers(0, 255, (size[0] // 2, size[1] // 2, 3)).astype(np.uint8)
+        img = Image.fromarray(base).resize((size[1], size[0]), Image.BICUBIC)
+        img.save(root / f"img{i}.png")
+    return root
+
+
+def test_model_row_is_the_mean_of_per_image_numbers(tmp_path):
+    folder = make_hr_folder(tmp_path / "mini")
+    result = evaluate(tiny_model(), [folder], 2, progress=False)["mini"]
+    images = result["images"]
+    assert len(images) == 3
+    assert result["model"]["psnr"] == pytest.approx(np.mean([r["psnr"] for r in images]))
+    assert result["bicubic"]["ssim"] == pytest.approx(np.mean([r["bicubic_ssim"] for r in images]))
+
+
+def test_saved_images_are_what_was_scored(tmp_path):
+    folder = make_hr_folder(tmp_path / "mini", count=1)
+    model = tiny_model()
+    evaluate(model, [folder], 2, save_images=tmp_path / "sr", progress=False)
+    saved = np.asarray(Image.open(tmp_path / "sr" / "mini" / "img0.png"))
+    hr = np.asarray(Image.open(folder / "img0.png").convert("RGB"))
+    assert saved.shape == hr.shape and saved.dtype == np.uint8
+
+
+def test_tiled_and_ensemble_evaluation(tmp_path):
+    folder = make_hr_folder(tmp_path / "mini", count=2, size=(40, 34))
+    model = tiny_model()
+    plain = evaluate(model, [folder], 2, progress=False)["mini"]["model"]
+    tiled = evaluate(model, [folder], 2, tile=6, progress=False)["mini"]["model"]
+    assert tiled["psnr"] == pytest.approx(plain["psnr"], abs=1e-6)
+    ensemble = evaluate(model, [folder], 2, ensemble=True, progress=False)["mini"]["model"]
+    assert abs(ensemble["psnr"] - plain["psnr"]) > 1e-3  # a random net is not flip-equivariant
+
+
+def test_errors(tmp_path):
+    folder = make_hr_folder(tmp_path / "mini", count=1)
+    with pytest.raises(ValueError, match="upscales x2 but --scale is 4"):
+        evaluate(tiny_model(2), [folder], 4, progress=False)
+    with pytest.raises(ValueError, match="dtype"):
+        evaluate(None, [folder], 2, dtype="int8", progress=False)
+    with pytest.raises(ValueError, match="width"):
+        evaluate(tiny_model(2), [folder], 2, width=0.01, progress=False)
+
+
+def test_cli_writes_table_json_and_csv(tmp_path, capsys):
+    folder = make_hr_folder(tmp_path / "mini", count=2)
+    ckpt = tmp_path / "m.safetensors"
+    save_checkpoint(tiny_model(), ckpt)
+    out_json, out_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    code = main(["eval", "--checkpoint", str(ckpt), "--data", str(folder), "--width", "0.5",
+                 "--device", "cpu", "--json", str(out_json), "--csv", str(out_csv)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "bicubic" in printed and "width 0.5" in printed
+    report = json.loads(out_json.read_text())
+    assert report["meta"]["scale"] == 2 and "mini" in report["results"]
+    rows = list(csv.DictReader(out_csv.open()))
+    assert [r["image"] for r in rows] == ["img0", "img1"]
+    assert float(rows[0]["psnr"]) == pytest.approx(report["results"]["mini"]["images"][0]["psnr"])
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    assert main(["eval", "--data", str(tmp_path / "missing"), "--scale", "2",
+                 "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv")]) == 2
+    assert "error:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--data", str(tmp_path), "--scale", "2", "--width", "1.5"])
