@@ -23,6 +23,12 @@ step() {  # step NAME LOG COMMAND...: run, keep the log, remember the exit statu
 # (SIGSEGV) whenever a kernel throws c10::Error. The system compiler works.
 [ -x /usr/bin/g++ ] && export CC=/usr/bin/gcc CXX=/usr/bin/g++
 
+# Pure-Python packages the GPU image lacks (e.g. pypng) can travel as wheels in .whl/.
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
