@@ -8,6 +8,8 @@
                                        the model beside bicubic
     csd-fast upscale IMAGE_OR_DIR ... -o OUT --checkpoint CKPT
                                        write upscaled PNGs
+    csd-fast train --config run.yaml [KEY=VALUE ...] [--resume]
+                                       teacher pre-training, joint CSD, student baseline
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import EDSRCSD, PRESETS, build_info, load_checkpoint
+from .train.cli import add_train_parser
 
 
 def cmd_info(args) -> int:
@@ -87,7 +90,7 @@ def cmd_smoke(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import evaluate, format_table, write_reports
+    from .evaluation import evaluate, format_table, write_reports
 
     model = None
     if args.checkpoint:
@@ -112,7 +115,7 @@ def cmd_eval(args) -> int:
 def cmd_upscale(args) -> int:
     from tqdm import tqdm
 
-    from .evaluate import DTYPES
+    from .evaluation import DTYPES
     from .upscale import UnreadableImage, collect_inputs, read_picture, upscale_picture, write_picture
 
     files = collect_inputs(args.inputs)
@@ -193,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     up.add_argument("--skip-unreadable", action="store_true", help="warn and go on past broken files")
     up.set_defaults(func=cmd_upscale)
+
+    add_train_parser(sub)
     return parser
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from csd_fast import EDSRCSD, save_checkpoint
 from csd_fast.cli import main
-from csd_fast.evaluate import evaluate
+from csd_fast.evaluation import evaluate
 
 DATA = Path(os.environ.get("CSD_FAST_BENCHMARK_DATA",
                            Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"))

@@ -82,8 +82,9 @@ def load_vgg19(path: str | os.PathLike | None = None, *, random_weights: bool = 
         raise FileNotFoundError(
             f"VGG19 ImageNet weights not found (looked at: {', '.join(map(str, candidates))}). "
             f"The contrastive loss needs torchvision's {VGG19_FILE}: pass its path "
-            "(--vgg-weights PATH) or place it at the torchvision cache path above; "
-            "nothing is downloaded at run time."
+            "(`csd-fast train vgg_weights=PATH`) or place it at the torchvision cache path "
+            "above; nothing is downloaded at run time. random_vgg=true trains with random VGG "
+            "weights instead (tests and demos only)."
         )
     state = torch.load(found, map_location="cpu", weights_only=True)
     wanted = {k: v for k, v in state.items() if k.startswith("features.")

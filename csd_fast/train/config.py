@@ -1,0 +1,234 @@
+"""Training configuration: recipe defaults, YAML loading, key=value overrides, validation."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+STAGES = ("teacher", "csd", "student")
+PRESET_NAMES = ("edsr-baseline", "edsr")
+AMP_MODES = (None, "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """A bad training configuration; the message names the offending key."""
+
+
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of a run; the defaults are the CSD reference recipe (x4, EDSR-baseline).
+
+    stage: "teacher" trains width 1 with L1 only; "csd" the joint CSD loss (student at
+    `width`, teacher at 1.0), starting from teacher_checkpoint; "student" L1 at `width` only.
+    n_resblocks / n_feats / res_scale override the preset (tests use tiny models).
+    """
+    stage: str = "csd"
+    scale: int = 4
+    preset: str = "edsr-baseline"
+    n_resblocks: int | None = None
+    n_feats: int | None = None
+    res_scale: float | None = None
+    width: float = 0.25
+    # loss
+    neg_num: int = 10
+    lambda_c: float = 200.0
+    lambda_t: float = 1.0
+    t_detach: bool = True
+    exclude_self: bool = False
+    loss_backend: str = "fused"
+    # data
+    train_data: str | None = None
+    val_data: str | None = None
+    lr_patch: int = 48
+    batch: int = 16
+    augment: bool = True
+    num_workers: int = 0
+    # optimiser and schedule
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    decay_every: int = 200_000
+    decay_gamma: float = 0.1
+    iterations: int = 400_000
+    grad_clip: float | None = None
+    # numerics and device
+    amp: str | None = None
+    channels_last: bool = False
+    device: str = "auto"
+    seed: int = 0
+    # bookkeeping
+    val_every: int = 1000
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    out_dir: str = "runs/csd"
+    teacher_checkpoint: str | None = None
+    vgg_weights: str | None = None
+    random_vgg: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)  # YAML-friendly
+        return d
+
+    def model_kwargs(self) -> dict:
+        return {k: v for k, v in (("n_resblocks", self.n_resblocks), ("n_feats", self.n_feats),
+                                  ("res_scale", self.res_scale)) if v is not None}
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _optional(hint) -> tuple[object, bool]:
+    """(inner type, whether None is allowed) of a `T | None` hint."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        return inner[0], type(None) in args
+    return hint, False
+
+
+def _coerce(key: str, value: object):
+    """Convert value (from YAML or a command-line string) to the field's type, or raise ConfigError."""
+    hint, nullable = _optional(_HINTS[key])
+    text = isinstance(value, str)
+    if value is None or (text and nullable and value.strip().lower() in ("none", "null", "~", "")):
+        if nullable:
+            return None
+        raise ConfigError(f"{key}: must not be empty (expected {getattr(hint, '__name__', hint)})")
+    bad = ConfigError(f"{key}: expected {getattr(hint, '__name__', str(hint))}, got {value!r}")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if text and value.strip().lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.strip().lower() in ("true", "yes", "1", "on")
+        raise bad
+    if hint is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if text:
+            try:
+                f = float(value.replace("_", ""))
+            except ValueError:
+                raise bad from None
+            if f.is_integer():
+                return int(f)
+        raise bad
+    if hint is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if text:
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if hint is str:
+        if isinstance(value, (str, os.PathLike)):
+            return os.fspath(value)
+        raise bad
+    if typing.get_origin(hint) is tuple:  # betas
+        if text:
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or len(value) != len(typing.get_args(hint)):
+            raise ConfigError(f"{key}: expected {len(typing.get_args(hint))} numbers, got {value!r}")
+        return tuple(_coerce_float(key, v) for v in value)
+    raise bad
+
+
+def _coerce_float(key: str, v: object) -> float:
+    try:
+        if isinstance(v, bool):
+            raise ValueError
+        return float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected numbers, got {v!r}") from None
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Coerce every field in place, then check ranges; errors name the key."""
+    for key in FIELDS:
+        setattr(cfg, key, _coerce(key, getattr(cfg, key)))
+
+    def need(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {why}, got {getattr(cfg, key)!r}")
+
+    need(cfg.stage in STAGES, "stage", f"must be one of {STAGES}")
+    need(cfg.preset in PRESET_NAMES, "preset", f"must be one of {PRESET_NAMES}")
+    need(cfg.scale in (2, 3, 4), "scale", "must be 2, 3 or 4")
+    need(0.0 < cfg.width <= 1.0, "width", "must be in (0, 1]")
+    need(cfg.amp in AMP_MODES, "amp", f"must be one of {AMP_MODES}")
+    need(cfg.device in DEVICES, "device", f"must be one of {DEVICES}")
+    need(cfg.loss_backend in ("reference", "fused"), "loss_backend", "must be 'reference' or 'fused'")
+    for key in ("lr_patch", "batch", "iterations", "decay_every", "val_every", "checkpoint_every",
+                "log_every", "neg_num"):
+        need(getattr(cfg, key) >= 1, key, "must be >= 1")
+    for key in ("n_resblocks",):
+        need(getattr(cfg, key) is None or getattr(cfg, key) >= 0, key, "must be >= 0")
+    need(cfg.n_feats is None or cfg.n_feats >= 1, "n_feats", "must be >= 1")
+    need(cfg.num_workers >= 0, "num_workers", "must be >= 0")
+    need(cfg.lr > 0, "lr", "must be > 0")
+    need(cfg.eps > 0, "eps", "must be > 0")
+    need(0 < cfg.decay_gamma <= 1, "decay_gamma", "must be in (0, 1]")
+    need(all(0 <= b < 1 for b in cfg.betas), "betas", "must both be in [0, 1)")
+    need(cfg.grad_clip is None or cfg.grad_clip > 0, "grad_clip", "must be > 0 or None")
+    need(cfg.lambda_c >= 0, "lambda_c", "must be >= 0")
+    need(cfg.lambda_t >= 0, "lambda_t", "must be >= 0")
+    need(cfg.seed >= 0, "seed", "must be >= 0")
+    if cfg.stage == "csd" and cfg.lambda_c > 0:
+        # the reference draws the K negatives from the batch itself
+        need(cfg.neg_num <= cfg.batch, "neg_num", f"must be <= batch ({cfg.batch}): negatives come from the batch")
+
+
+def parse_override(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected key=value")
+    if key not in FIELDS:
+        raise ConfigError(f"{key}: unknown config key; known keys: {', '.join(FIELDS)}")
+    return key, value.strip()
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: typing.Iterable[str] = (),
+                **values) -> TrainConfig:
+    """Recipe defaults, updated by the YAML file at path, then key=value overrides, then values."""
+    merged: dict[str, object] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read the config: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
+        merged.update(data)
+    for item in overrides:
+        key, value = parse_override(item)
+        merged[key] = value
+    merged.update(values)
+    unknown = sorted(set(merged) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown config key; known keys: {', '.join(FIELDS)}")
+    return TrainConfig(**merged)
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    from .._atomic import atomic_write_bytes
+    atomic_write_bytes(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())

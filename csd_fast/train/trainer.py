@@ -1,0 +1,300 @@
+"""The training loop for the three stages (teacher, csd, student); see GUIDE section 1."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from ..archs import EDSRCSD
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..data import PatchDataset, SRFolder
+from ..evaluation import evaluate
+from ..losses import CSDLoss, load_vgg19
+from .._atomic import atomic_write_bytes
+from . import distributed
+from .config import TrainConfig, save_config
+from .sampling import batch_loader, item_seed
+from .state import load_state, rng_state, save_state, set_rng_state
+
+# Test hook: SIGKILL this process right after the `last` checkpoint of this iteration is written.
+KILL_AFTER_ENV = "CSD_FAST_TEST_KILL_AFTER_CHECKPOINT"
+LOG_FIELDS = ("iteration", "total", "l1_student", "l1_teacher", "contrastive", "lr", "it_per_s",
+              "val_psnr_student", "val_psnr_teacher")
+_NEGATIVES_SLOT = 1 << 40  # seed slot for the negatives' permutation, apart from data slots
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class StageForward(nn.Module):
+    """Both forwards of a step in one module call, so DDP sees one forward per backward."""
+
+    def __init__(self, model: EDSRCSD, stage: str, width: float):
+        super().__init__()
+        self.model, self.stage, self.width = model, stage, width
+
+    def forward(self, lr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.stage == "teacher":
+            return self.model(lr, 1.0), None
+        if self.stage == "student":
+            return self.model(lr, self.width), None
+        return self.model(lr, self.width), self.model(lr, 1.0)
+
+
+def build_model(cfg: TrainConfig) -> EDSRCSD:
+    return EDSRCSD.from_preset(cfg.preset, cfg.scale, **cfg.model_kwargs())
+
+
+def load_teacher_weights(model: EDSRCSD, path: str) -> None:
+    """Weights from a trainer state file (last.pt / best.pt) or any checkpoint load_checkpoint reads."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"teacher_checkpoint: {path} does not exist")
+    try:
+        state = load_state(path)["model"]
+    except Exception:  # not one of ours: a .safetensors or a foreign layout
+        state = load_checkpoint(path).state_dict()
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"teacher_checkpoint {path} does not fit the configured model "
+                         f"({model.config()}): {err}") from None
+
+
+def build_loss(cfg: TrainConfig, device: torch.device) -> CSDLoss:
+    """teacher/student stages: plain L1 on the one output (CSDLoss with both lambdas 0)."""
+    if cfg.stage != "csd":
+        return CSDLoss(None, lambda_c=0.0, lambda_t=0.0)
+    vgg = load_vgg19(cfg.vgg_weights, random_weights=cfg.random_vgg).to(device) if cfg.lambda_c else None
+    return CSDLoss(vgg, cfg.lambda_c, cfg.lambda_t, cfg.neg_num, cfg.t_detach, cfg.exclude_self,
+                   backend=cfg.loss_backend)
+
+
+class CsvLog:
+    """One row per logged iteration, flushed as written; a resume drops rows past its start."""
+
+    def __init__(self, path: Path, start: int):
+        self.path = path
+        rows = []
+        if start > 0 and path.is_file():
+            with path.open(newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_bytes(path, buf.getvalue().encode())
+        self.file = path.open("a", newline="")
+        self.writer = csv.DictWriter(self.file, LOG_FIELDS)
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _validate(model: EDSRCSD, cfg: TrainConfig, device: torch.device) -> dict:
+    """Mean PSNR over the validation sets, for the student width and the teacher (width 1)."""
+    def mean_psnr(width: float) -> float:
+        res = evaluate(model, [cfg.val_data], cfg.scale, width=width, device=device, progress=False)
+        return sum(r["model"]["psnr"] for r in res.values()) / len(res)
+
+    out = {"val_psnr_teacher": mean_psnr(1.0)}
+    out["val_psnr_student"] = out["val_psnr_teacher"] if cfg.stage == "teacher" else mean_psnr(cfg.width)
+    model.train()
+    return out
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Run cfg.stage up to cfg.iterations; with resume, continue from out_dir/last.pt exactly.
+
+    Returns {"iteration", "out_dir", "last", "best", "best_psnr", "best_iteration", "terms", "val"}.
+    """
+    if cfg.train_data is None:
+        raise ValueError("train_data: a training folder is required")
+    out = Path(cfg.out_dir)
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if last_path.exists() and not resume:
+        raise FileExistsError(f"{out} already holds a run ({last_path}); pass resume "
+                              "(--resume) to continue it or choose another out_dir")
+    dd = distributed.setup(cfg.device)
+    try:
+        return _run(cfg, resume, dd, out, last_path, best_path)
+    finally:
+        dd.close()
+
+
+def _run(cfg: TrainConfig, resume: bool, dd: distributed.Dist, out: Path, last_path: Path,
+         best_path: Path) -> dict:
+    device = dd.device
+    if cfg.batch % dd.world_size:
+        raise ValueError(f"batch: {cfg.batch} does not split over {dd.world_size} processes")
+    if cfg.stage == "csd" and cfg.lambda_c and cfg.neg_num > cfg.batch // dd.world_size:
+        raise ValueError(f"neg_num: {cfg.neg_num} negatives come from each process's batch of "
+                         f"{cfg.batch // dd.world_size}")
+    _seed_everything(cfg.seed)
+    model = build_model(cfg)
+    if cfg.teacher_checkpoint and cfg.stage != "teacher":
+        load_teacher_weights(model, cfg.teacher_checkpoint)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, cfg.decay_every, cfg.decay_gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+
+    if cfg.val_data is not None:
+        SRFolder(cfg.val_data, cfg.scale)  # fail now, not at the first validation hours later
+    if cfg.stage == "csd" and not cfg.teacher_checkpoint and dd.main:
+        print("csd_fast train: note: no teacher_checkpoint, the csd stage starts from random weights")
+
+    start, best_psnr, best_iteration = 0, -math.inf, 0
+    if resume and last_path.is_file():
+        state = load_state(last_path, map_location="cpu")
+        _check_resumable(cfg, state.get("config", {}), last_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start, best_psnr, best_iteration = state["iteration"], state["best_psnr"], state["best_iteration"]
+
+    net: nn.Module = StageForward(model, cfg.stage, cfg.width)
+    if dd.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
+
+    log = None
+    if dd.main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        log = CsvLog(out / "log.csv", start)
+        if cfg.stage == "csd" and cfg.lambda_c and cfg.random_vgg:
+            print("csd_fast train: WARNING random_vgg=True, the contrastive loss uses an untrained VGG19")
+
+    patches = PatchDataset(cfg.train_data, cfg.scale, cfg.lr_patch, augment=cfg.augment)
+    loader = batch_loader(patches, cfg.seed, cfg.batch, start, cfg.iterations, dd.rank,
+                          dd.world_size, cfg.num_workers, pin_memory=device.type == "cuda")
+    bar = tqdm(total=cfg.iterations, initial=start, disable=not (cfg.progress and dd.main),
+               desc=f"train {cfg.stage}", unit="it")
+    kill_after = os.environ.get(KILL_AFTER_ENV)
+    terms_out: dict = {}
+    val: dict = {}
+    window_start, window_iters = time.perf_counter(), 0
+    iteration = start
+    model.train()
+    try:
+        for lr, hr in loader:
+            iteration += 1
+            lr, hr = lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
+            if cfg.channels_last:
+                lr = lr.contiguous(memory_format=torch.channels_last)
+            # the negatives' permutation depends only on (seed, iteration, rank): exact resume
+            gen = torch.Generator().manual_seed(item_seed(cfg.seed, iteration, _NEGATIVES_SLOT + dd.rank))
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                student, teacher = net(lr)
+                terms = loss_fn(student.float(), None if teacher is None else teacher.float(),
+                                hr, lr, cfg.scale, gen)
+            total = terms["total"]
+            if dd.any(not bool(torch.isfinite(total.detach()).all())):
+                values = {k: float(v.detach()) for k, v in terms.items()}
+                saved = f"{last_path} (iteration {_saved_iteration(last_path)})" if last_path.is_file() \
+                    else "none written yet"
+                raise NonFiniteLossError(f"non-finite loss at iteration {iteration}: {values}; "
+                                         f"stopping. Last good checkpoint: {saved}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            if cfg.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            window_iters += 1
+            terms_out = {k: float(v.detach()) for k, v in terms.items()}
+
+            row: dict = {}
+            if iteration % cfg.val_every == 0 or iteration == cfg.iterations:
+                if cfg.val_data is not None and dd.main:
+                    val = _validate(model, cfg, device)
+                    row.update(val)
+                    if val["val_psnr_student"] > best_psnr:
+                        best_psnr, best_iteration = val["val_psnr_student"], iteration
+                        _save_best(model, cfg, best_path, iteration, val)
+                dd.barrier()
+            if dd.main and (row or iteration % cfg.log_every == 0):
+                speed = window_iters / max(time.perf_counter() - window_start, 1e-9)
+                row.update(iteration=iteration, lr=optimizer.param_groups[0]["lr"],
+                           it_per_s=f"{speed:.4g}", **{k: f"{v:.6g}" for k, v in terms_out.items()})
+                log.write(row)
+                window_start, window_iters = time.perf_counter(), 0
+            if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
+                if dd.main:
+                    save_state(last_path, {
+                        "iteration": iteration, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "rng": rng_state(),
+                        "best_psnr": best_psnr, "best_iteration": best_iteration,
+                        "config": cfg.to_dict(),
+                    })
+                    if kill_after is not None and int(kill_after) == iteration:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                dd.barrier()
+            bar.set_postfix(loss=f"{terms_out['total']:.4g}")
+            bar.update(1)
+    finally:
+        bar.close()
+        if log is not None:
+            log.close()
+    return {"iteration": iteration, "out_dir": str(Path(cfg.out_dir)), "last": str(last_path),
+            "best": str(best_path) if best_path.exists() else None,
+            "best_psnr": best_psnr if best_iteration else None, "best_iteration": best_iteration or None,
+            "terms": terms_out, "val": val}
+
+
+RUN_DEFINING = ("stage", "scale", "preset", "n_resblocks", "n_feats", "res_scale", "width", "batch", "seed")
+
+
+def _check_resumable(cfg: TrainConfig, stored: dict, path: Path) -> None:
+    """A resume must continue the same run: the model, stage, batch and seed may not change."""
+    now = cfg.to_dict()
+    for key in RUN_DEFINING:
+        if key in stored and stored[key] != now[key]:
+            raise ValueError(f"{key}: {path} was written with {key}={stored[key]!r}, the config now "
+                             f"says {now[key]!r}; a resumed run must keep it")
+
+
+def _saved_iteration(path: Path) -> int | str:
+    try:
+        return load_state(path)["iteration"]
+    except Exception as err:  # report, don't mask the loss error
+        return f"unreadable: {err}"
+
+
+def _save_best(model: EDSRCSD, cfg: TrainConfig, path: Path, iteration: int, val: dict) -> None:
+    """best.pt for training tools and best.safetensors for csd-fast eval/upscale."""
+    save_state(path, {"iteration": iteration, "model": model.state_dict(), "val": val,
+                      "config": cfg.to_dict()})
+    save_checkpoint(model, path.with_suffix(".safetensors"),
+                    {"iteration": str(iteration), "stage": cfg.stage, "width": str(cfg.width),
+                     **{k: f"{v:.4f}" for k, v in val.items()}})

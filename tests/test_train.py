@@ -1,0 +1,210 @@
+"""Training: config handling, each stage, checkpoints, exact resume after SIGKILL, non-finite stop."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from csd_fast.checkpoint import load_checkpoint
+from csd_fast.losses import CSDLoss
+from csd_fast.train import (KILL_AFTER_ENV, ConfigError, NonFiniteLossError, TrainConfig, load_config,
+                            train)
+from csd_fast.train.cli import main as cli_main
+
+TINY = dict(scale=2, n_feats=8, n_resblocks=1, lr_patch=8, batch=4, neg_num=2, random_vgg=True,
+            width=0.5, progress=False, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hr")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return str(folder)
+
+
+def tiny(images, out, **kw) -> TrainConfig:
+    return load_config(**{**TINY, "train_data": images, "val_data": images, "out_dir": str(out), **kw})
+
+
+def weights(path) -> dict:
+    return torch.load(path, weights_only=True)["model"]
+
+
+def read_log(out) -> list[dict]:
+    with open(out / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --- config ---------------------------------------------------------------------------------
+
+def test_defaults_are_the_reference_recipe():
+    c = TrainConfig()
+    assert (c.scale, c.preset, c.width, c.neg_num, c.lambda_c, c.lambda_t) == (4, "edsr-baseline", 0.25, 10, 200, 1)
+    assert (c.t_detach, c.exclude_self, c.lr_patch, c.batch, c.lr) == (True, False, 48, 16, 1e-4)
+    assert (c.betas, c.eps, c.decay_every, c.decay_gamma, c.iterations) == ((0.9, 0.999), 1e-8, 200_000, 0.1, 400_000)
+    assert (c.amp, c.channels_last, c.grad_clip, c.seed, c.random_vgg) == (None, False, None, 0, False)
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"stage": "teacher", "lr": 2e-4, "batch": 8, "amp": "bf16"}))
+    c = load_config(path, ["batch=4", "betas=0.8,0.99", "grad_clip=none", "t_detach=false", "iterations=1e3"])
+    assert (c.stage, c.lr, c.batch, c.amp, c.betas) == ("teacher", 2e-4, 4, "bf16", (0.8, 0.99))
+    assert (c.grad_clip, c.t_detach, c.iterations) == (None, False, 1000)
+    assert isinstance(c.iterations, int)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["bogus=1"], "bogus"), (["lr=fast"], "lr"), (["batch=2.5"], "batch"), (["stage=pupil"], "stage"),
+    (["width=1.5"], "width"), (["amp=fp8"], "amp"), (["t_detach=maybe"], "t_detach"),
+    (["betas=0.9"], "betas"), (["neg_num=20"], "neg_num"), (["lr"], "lr"), (["scale=none"], "scale"),
+])
+def test_bad_config_names_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=rf"^(override )?'?{key}"):
+        load_config(None, overrides)
+
+
+def test_unknown_yaml_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lamda_c: 5\n")
+    with pytest.raises(ConfigError, match="lamda_c: unknown config key"):
+        load_config(path)
+
+
+# --- stages, checkpoints, best/last ---------------------------------------------------------
+
+@pytest.mark.parametrize("stage", ["teacher", "csd", "student"])
+def test_each_stage_runs(images, tmp_path, stage):
+    cfg = tiny(images, tmp_path / "run", stage=stage, iterations=4, val_every=2, checkpoint_every=2)
+    result = train(cfg)
+    expected = {"teacher": {"l1_student"}, "student": {"l1_student"},
+                "csd": {"l1_student", "l1_teacher", "contrastive"}}[stage]
+    assert set(result["terms"]) == expected | {"total"}
+    assert all(np.isfinite(v) for v in result["terms"].values())
+    out = tmp_path / "run"
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["iteration"] == 4 and set(last) >= {"model", "optimizer", "scheduler", "rng"}
+    assert last["scheduler"]["last_epoch"] == 4
+    # best = the logged validation row with the highest student PSNR
+    rows = [r for r in read_log(out) if r["val_psnr_student"]]
+    assert [int(r["iteration"]) for r in rows] == [2, 4]
+    best_row = max(rows, key=lambda r: float(r["val_psnr_student"]))
+    best = torch.load(out / "best.pt", weights_only=True)
+    assert best["iteration"] == int(best_row["iteration"]) == result["best_iteration"]
+    assert best["val"]["val_psnr_student"] == pytest.approx(float(best_row["val_psnr_student"]))
+    assert load_checkpoint(out / "best.safetensors").n_feats == 8
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["random_vgg"] is True and saved["stage"] == stage
+    assert load_config(out / "config.yaml") == cfg
+    assert [int(r["iteration"]) for r in read_log(out)] == [1, 2, 3, 4]
+
+
+def test_csd_starts_from_the_teacher_and_refuses_to_clobber(images, tmp_path):
+    teacher = train(tiny(images, tmp_path / "t", stage="teacher", iterations=2, val_data=None))
+    assert teacher["best"] is None  # no validation data: no best checkpoint
+    cfg = tiny(images, tmp_path / "c", stage="csd", iterations=1, lr=1e-12,
+               teacher_checkpoint=teacher["last"])
+    train(cfg)
+    start, end = weights(teacher["last"]), weights(tmp_path / "c" / "last.pt")
+    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
+    with pytest.raises(FileExistsError, match="resume"):
+        train(cfg)
+
+
+def test_cli_runs_train(images, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "train_data": images, "out_dir": str(tmp_path / "o")}))
+    assert cli_main(["train", "--config", str(path), "stage=teacher", "--set", "iterations=2"]) == 0
+    assert torch.load(tmp_path / "o" / "last.pt", weights_only=True)["iteration"] == 2
+    with pytest.raises(SystemExit, match="batch"):
+        cli_main(["train", "--config", str(path), "batch=0"])
+
+
+# --- exact resume after SIGKILL ---------------------------------------------------------------
+
+KILLED_RUN = textwrap.dedent("""
+    import sys, torch, yaml
+    torch.set_num_threads(int(sys.argv[2]))
+    from csd_fast.train import TrainConfig, train
+    train(TrainConfig(**yaml.safe_load(open(sys.argv[1]))))
+""")
+
+
+def test_resume_after_sigkill_is_exact(images, tmp_path):
+    common = dict(stage="csd", iterations=6, checkpoint_every=2, val_every=3)
+    full = train(tiny(images, tmp_path / "full", **common))
+
+    cfg = tiny(images, tmp_path / "killed", **common)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    env = {**os.environ, KILL_AFTER_ENV: "4"}
+    proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path / "cfg.yaml"),
+                           str(torch.get_num_threads())], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["iteration"] == 4
+
+    resumed = train(cfg, resume=True)
+    assert resumed["iteration"] == 6
+    a, b = weights(full["last"]), weights(resumed["last"])
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [int(r["iteration"]) for r in read_log(tmp_path / "killed")] == list(range(1, 7))
+    assert resumed["best_iteration"] == full["best_iteration"]
+    assert resumed["best_psnr"] == full["best_psnr"]
+
+
+# --- non-finite loss ------------------------------------------------------------------------
+
+def test_non_finite_loss_stops_and_keeps_last_good(images, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = CSDLoss.forward
+
+    def poisoned(self, *args, **kwargs):
+        terms = real(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 5:  # iteration 5: after the checkpoint of iteration 4
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(CSDLoss, "forward", poisoned)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError, match=r"iteration 5\b.*last\.pt \(iteration 4\)"):
+        train(tiny(images, out, stage="teacher", iterations=8, checkpoint_every=2, val_every=100))
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["iteration"] == 4
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+
+
+# --- numerics options and loader workers ----------------------------------------------------
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_channels_last_and_clipping_run(images, tmp_path, amp):
+    result = train(tiny(images, tmp_path / "run", stage="csd", iterations=2, amp=amp,
+                        channels_last=True, grad_clip=1.0, val_data=None))
+    assert all(np.isfinite(v) for v in result["terms"].values())
+    assert "scaler" in torch.load(result["last"], weights_only=True)
+
+
+def test_loader_workers_see_the_same_batches(images, tmp_path):
+    runs = [train(tiny(images, tmp_path / f"w{n}", stage="teacher", iterations=2, val_data=None,
+                       num_workers=n)) for n in (0, 2)]
+    a, b = (weights(r["last"]) for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_run_and_bad_val_data(images, tmp_path):
+    train(tiny(images, tmp_path / "run", stage="teacher", iterations=2, val_data=None))
+    with pytest.raises(ValueError, match="width: .*must keep it"):
+        train(tiny(images, tmp_path / "run", stage="teacher", iterations=4, width=0.25, val_data=None),
+              resume=True)
+    with pytest.raises(Exception, match="nowhere"):
+        train(tiny(images, tmp_path / "other", stage="teacher", val_data=str(tmp_path / "nowhere")))
