@@ -142,14 +142,16 @@ KILLED_RUN = textwrap.dedent("""
 
 
 def test_resume_after_sigkill_is_exact(images, tmp_path):
-    common = dict(stage="csd", iterations=6, checkpoint_every=2, val_every=3)
+    common = dict(stage="csd", iterations=6, checkpoint_every=2, val_every=3, deterministic=True)
     full = train(tiny(images, tmp_path / "full", **common))
 
     cfg = tiny(images, tmp_path / "killed", **common)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
     env = {**os.environ, KILL_AFTER_ENV: "4"}
+    # cwd outside the repository: the child must import the installed csd_fast
     proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path / "cfg.yaml"),
-                           str(torch.get_num_threads())], env=env, capture_output=True, text=True)
+                           str(torch.get_num_threads())], env=env, capture_output=True, text=True,
+                          cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["iteration"] == 4
 

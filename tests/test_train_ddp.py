@@ -81,7 +81,8 @@ def test_torchrun_runs_the_cli_command(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
            "--master_port", str(free_port()), "-m", "csd_fast.train.cli", "train",
            "--config", str(tmp_path / "run.yaml"), "num_workers=0"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+    # cwd outside the repository: the workers must import the installed csd_fast
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)

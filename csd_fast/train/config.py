@@ -62,6 +62,7 @@ class TrainConfig:
     channels_last: bool = False
     device: str = "auto"
     seed: int = 0
+    deterministic: bool = False  # bitwise-repeatable runs on CUDA too (slower convolutions)
     # bookkeeping
     val_every: int = 1000
     checkpoint_every: int = 1000

@@ -135,11 +135,20 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if last_path.exists() and not resume:
         raise FileExistsError(f"{out} already holds a run ({last_path}); pass resume "
                               "(--resume) to continue it or choose another out_dir")
+    was_deterministic, was_benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    if cfg.deterministic:
+        # cuBLAS needs a fixed workspace for repeatable results; it must be set before
+        # the first CUDA call, and a user's own setting wins.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
     dd = distributed.setup(cfg.device)
     try:
         return _run(cfg, resume, dd, out, last_path, best_path)
     finally:
         dd.close()
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.backends.cudnn.benchmark = was_benchmark
 
 
 def _run(cfg: TrainConfig, resume: bool, dd: distributed.Dist, out: Path, last_path: Path,
