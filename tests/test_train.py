@@ -198,7 +198,7 @@ def test_amp_channels_last_and_clipping_run(images, tmp_path, amp):
 
 def test_loader_workers_see_the_same_batches(images, tmp_path):
     runs = [train(tiny(images, tmp_path / f"w{n}", stage="teacher", iterations=2, val_data=None,
-                       num_workers=n)) for n in (0, 2)]
+                       num_workers=n, deterministic=True)) for n in (0, 2)]
     a, b = (weights(r["last"]) for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
