@@ -1,5 +1,8 @@
 """The csd-fast command line.
 
+    csd-fast demo                      train a small teacher and CSD student on bundled
+                                       photographs and compare them with bicubic
+
     csd-fast info                      what was compiled, torch, devices
     csd-fast smoke [--preset edsr ...] run the model at several widths, both backends,
                                        and report parameters, agreement and time
@@ -22,6 +25,7 @@ from pathlib import Path
 import torch
 
 from . import EDSRCSD, PRESETS, build_info, load_checkpoint
+from .demo import add_demo_parser
 from .train.cli import add_train_parser
 
 
@@ -198,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_upscale)
 
     add_train_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 

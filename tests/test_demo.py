@@ -1,0 +1,95 @@
+"""csd-fast demo: a tiny end-to-end run on generated images, and its clear errors."""
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from csd_fast import demo
+
+TINY = ["--iterations", "2", "--csd-iterations", "2", "--patch", "8", "--batch", "2",
+        "--neg-num", "2", "--quiet", "--device", "cpu"]
+
+
+def smooth_images(folder, n, size=48):
+    """Random but smooth RGB images: low-resolution noise upscaled, so SR has something to learn."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        noise = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+        Image.fromarray(noise).resize((size + 2 * i, size), Image.BICUBIC).save(folder / f"img{i}.png")
+    return folder
+
+
+def test_demo_end_to_end_on_own_data(tmp_path, capsys):
+    data = smooth_images(tmp_path / "data", 4)
+    out = tmp_path / "out"
+    assert demo.main(["demo", "--data", str(data), "--output", str(out), *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "RANDOM weights" in text and "bicubic" in text and "student" in text
+    for name in ("side_by_side.png", "training_curves.png", "results.json", "table.txt",
+                 "runs/teacher/log.csv", "runs/csd/log.csv", "runs/csd/best.safetensors"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "results.json").read_text())
+    assert {"bicubic", "teacher", "student"} <= set(report["results"])
+    assert all(np.isfinite(report["results"][k]["psnr"]) for k in ("bicubic", "teacher", "student"))
+    assert report["train_images"] == ["img0.png", "img1.png", "img2.png"]
+    assert report["heldout_images"] == ["img3.png"]
+    assert report["params"]["student"] < report["params"]["teacher"]
+    with Image.open(out / "side_by_side.png") as im:
+        assert im.size[0] > im.size[1]  # four columns, one row
+    # the student checkpoint loads like any other
+    import csd_fast
+    model = csd_fast.load_checkpoint(out / "runs" / "csd" / "best.safetensors")
+    assert model.scale == 2
+    # a second run into the same folder refuses rather than mixing runs
+    assert demo.main(["demo", "--data", str(data), "--output", str(out), *TINY]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_too_few_images_is_a_clear_error(tmp_path, capsys):
+    data = smooth_images(tmp_path / "data", 1)
+    assert demo.main(["demo", "--data", str(data), "--output", str(tmp_path / "o"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "at least 2" in err and "found 1" in err
+
+
+def test_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert demo.main(["demo", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert "no such folder" in capsys.readouterr().err
+
+
+def test_missing_scikit_image_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "_skimage_spec", lambda: None)
+    assert demo.main(["demo", "--output", str(tmp_path / "o"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "pip install scikit-image" in err and "--data" in err
+    assert not (tmp_path / "o").exists()  # nothing written before the error
+
+
+@pytest.mark.skipif(importlib.util.find_spec("skimage") is None, reason="scikit-image is not installed")
+def test_bundled_photographs_are_found_without_importing_skimage():
+    import subprocess
+    import sys
+    train, held = demo.bundled_photos()
+    assert len(train) >= 5 and 2 <= len(held) <= 3
+    assert all(p.is_file() for p in train + held)
+    assert not {p.name for p in train} & {p.name for p in held}
+    # importing skimage takes seconds; the finder must only locate it (checked in a fresh process)
+    code = "import sys, csd_fast.demo as d; d.bundled_photos(); assert 'skimage' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_bad_setting_is_a_clear_error(tmp_path, capsys):
+    data = smooth_images(tmp_path / "data", 3)
+    args = ["demo", "--data", str(data), "--output", str(tmp_path / "o"), *TINY, "--iterations", "0"]
+    assert demo.main(args) == 2
+    assert "iterations" in capsys.readouterr().err
+
+
+def test_images_smaller_than_the_patch_are_a_clear_error(tmp_path, capsys):
+    data = smooth_images(tmp_path / "data", 3, size=12)
+    assert demo.main(["demo", "--data", str(data), "--output", str(tmp_path / "o"), *TINY,
+                      "--patch", "16"]) == 2
+    assert "--patch" in capsys.readouterr().err
