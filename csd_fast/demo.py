@@ -355,15 +355,3 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m csd_fast.demo`: the demo command alone."""
-    parser = argparse.ArgumentParser(prog="csd-fast")
-    add_demo_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from csd_fast import demo
+from csd_fast.cli import main as cli_main
 
 TINY = ["--iterations", "2", "--csd-iterations", "2", "--patch", "8", "--batch", "2",
         "--neg-num", "2", "--quiet", "--device", "cpu"]
@@ -25,7 +26,7 @@ def smooth_images(folder, n, size=48):
 def test_demo_end_to_end_on_own_data(tmp_path, capsys):
     data = smooth_images(tmp_path / "data", 4)
     out = tmp_path / "out"
-    assert demo.main(["demo", "--data", str(data), "--output", str(out), *TINY]) == 0
+    assert cli_main(["demo", "--data", str(data), "--output", str(out), *TINY]) == 0
     text = capsys.readouterr().out
     assert "RANDOM weights" in text and "bicubic" in text and "student" in text
     for name in ("side_by_side.png", "training_curves.png", "results.json", "table.txt",
@@ -44,25 +45,25 @@ def test_demo_end_to_end_on_own_data(tmp_path, capsys):
     model = csd_fast.load_checkpoint(out / "runs" / "csd" / "best.safetensors")
     assert model.scale == 2
     # a second run into the same folder refuses rather than mixing runs
-    assert demo.main(["demo", "--data", str(data), "--output", str(out), *TINY]) == 2
+    assert cli_main(["demo", "--data", str(data), "--output", str(out), *TINY]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
 def test_too_few_images_is_a_clear_error(tmp_path, capsys):
     data = smooth_images(tmp_path / "data", 1)
-    assert demo.main(["demo", "--data", str(data), "--output", str(tmp_path / "o"), *TINY]) == 2
+    assert cli_main(["demo", "--data", str(data), "--output", str(tmp_path / "o"), *TINY]) == 2
     err = capsys.readouterr().err
     assert "at least 2" in err and "found 1" in err
 
 
 def test_missing_folder_is_a_clear_error(tmp_path, capsys):
-    assert demo.main(["demo", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
+    assert cli_main(["demo", "--data", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]) == 2
     assert "no such folder" in capsys.readouterr().err
 
 
 def test_missing_scikit_image_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo, "_skimage_spec", lambda: None)
-    assert demo.main(["demo", "--output", str(tmp_path / "o"), *TINY]) == 2
+    assert cli_main(["demo", "--output", str(tmp_path / "o"), *TINY]) == 2
     err = capsys.readouterr().err
     assert "pip install scikit-image" in err and "--data" in err
     assert not (tmp_path / "o").exists()  # nothing written before the error
@@ -84,12 +85,12 @@ def test_bundled_photographs_are_found_without_importing_skimage():
 def test_bad_setting_is_a_clear_error(tmp_path, capsys):
     data = smooth_images(tmp_path / "data", 3)
     args = ["demo", "--data", str(data), "--output", str(tmp_path / "o"), *TINY, "--iterations", "0"]
-    assert demo.main(args) == 2
+    assert cli_main(args) == 2
     assert "iterations" in capsys.readouterr().err
 
 
 def test_images_smaller_than_the_patch_are_a_clear_error(tmp_path, capsys):
     data = smooth_images(tmp_path / "data", 3, size=12)
-    assert demo.main(["demo", "--data", str(data), "--output", str(tmp_path / "o"), *TINY,
+    assert cli_main(["demo", "--data", str(data), "--output", str(tmp_path / "o"), *TINY,
                       "--patch", "16"]) == 2
     assert "--patch" in capsys.readouterr().err

@@ -18,7 +18,7 @@ from csd_fast.checkpoint import load_checkpoint
 from csd_fast.losses import CSDLoss
 from csd_fast.train import (KILL_AFTER_ENV, ConfigError, NonFiniteLossError, TrainConfig, load_config,
                             train)
-from csd_fast.train.cli import main as cli_main
+from csd_fast.cli import main as cli_main
 
 TINY = dict(scale=2, n_feats=8, n_resblocks=1, lr_patch=8, batch=4, neg_num=2, random_vgg=True,
             width=0.5, progress=False, log_every=1)

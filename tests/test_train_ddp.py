@@ -41,12 +41,17 @@ def worker(rank: int, world: int, ports: list[int], images: str, root: str) -> N
                           out_dir=os.path.join(root, f"ddp_{name}")))
 
 
-def test_two_processes_match_one(tmp_path):
-    folder = tmp_path / "hr"
+def noise_folder(folder, count, seed):
+    """A plain HR folder of random 32x32 images."""
     folder.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(4):
+    rng = np.random.default_rng(seed)
+    for i in range(count):
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+def test_two_processes_match_one(tmp_path):
+    folder = noise_folder(tmp_path / "hr", count=4, seed=1)
     mp.spawn(worker, args=(2, [free_port(), free_port()], str(folder), str(tmp_path)), nprocs=2)
     for name, extra in STAGES.items():
         single = train(load_config(**TINY, **extra, train_data=str(folder), val_data=None,
@@ -69,17 +74,13 @@ def test_torchrun_runs_the_cli_command(tmp_path):
 
     import yaml
 
-    folder = tmp_path / "hr"
-    folder.mkdir()
-    rng = np.random.default_rng(2)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    folder = noise_folder(tmp_path / "hr", count=2, seed=2)
     # the full CSD loss with negatives from each rank's slice: runs, finite, one checkpoint
     config = {**TINY, "stage": "csd", "neg_num": 2, "random_vgg": True, "train_data": str(folder),
               "out_dir": str(tmp_path / "run"), "iterations": 2}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(free_port()), "-m", "csd_fast.train.cli", "train",
+           "--master_port", str(free_port()), "-m", "csd_fast.cli", "train",
            "--config", str(tmp_path / "run.yaml"), "num_workers=0"]
     # cwd outside the repository: the workers must import the installed csd_fast
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,

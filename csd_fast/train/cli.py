@@ -33,15 +33,3 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in out_dir from last.pt")
     p.set_defaults(func=cmd_train)
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m csd_fast.train.cli train ...`: the train command alone (csd-fast train is the same)."""
-    parser = argparse.ArgumentParser(prog="csd-fast")
-    add_train_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
