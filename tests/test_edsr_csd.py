@@ -166,30 +166,33 @@ def test_bad_construction_is_a_clear_error():
         EDSRCSD(backend="triton")
 
 
+@pytest.mark.parametrize("backend", ["reference", "fused"])
 @pytest.mark.parametrize("width", [1.0, 0.25])
-def test_channels_last_in_channels_last_out(width):
-    model = random_model(2)
+def test_channels_last_in_channels_last_out(width, backend):
+    model = random_model(2, backend=backend)
     x = torch.rand(2, 3, 5, 7, dtype=torch.float64) * 255
     out = model(x.contiguous(memory_format=torch.channels_last), width)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, model(x, width))
 
 
-def test_bfloat16_autocast_is_close_to_float32():
-    model = EDSRCSD(2, 2, 16)
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_bfloat16_autocast_is_close_to_float32(backend):
+    model = EDSRCSD(2, 2, 16, backend=backend)
     x = torch.rand(1, 3, 8, 8) * 255
     want = model(x, 0.5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = model(x, 0.5)
-    assert torch.isfinite(got).all()
+    assert torch.isfinite(got).all() and got.dtype == torch.bfloat16
     err = (got.float() - want).norm() / want.norm()
     assert err < 2e-2, err
 
 
-def test_rgb_range_one_with_internal_range_255():
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_rgb_range_one_with_internal_range_255(backend):
     """BasicSR convention: images in [0, 1], network sees (x - mean) * 255."""
     ref = random_model(2)
-    unit = EDSRCSD(**{**ref.config(), "rgb_range": 1.0, "img_range": 255.0}).double()
+    unit = EDSRCSD(**{**ref.config(), "rgb_range": 1.0, "img_range": 255.0}, backend=backend).double()
     unit.load_state_dict(ref.state_dict())
     x = torch.rand(1, 3, 5, 6, dtype=torch.float64)
     torch.testing.assert_close(unit(x), ref(x * 255) / 255)
@@ -203,3 +206,30 @@ def test_cuda_matches_cpu(device):
     want = model(x, 0.25)
     got = model.to(device)(x.to(device), 0.25)
     torch.testing.assert_close(got.cpu(), want)
+
+
+@pytest.mark.parametrize("exclude_self", [False, True])
+def test_csd_step_same_loss_and_gradients_on_both_backends(exclude_self):
+    """One CSD training step: teacher and student forward, VGG contrastive loss, backward."""
+    from csd_fast.losses import CSDLoss, load_vgg19
+
+    torch.manual_seed(1)
+    vgg = load_vgg19(random_weights=True).double()
+    ref = random_model(2)
+    fused = random_model(2, backend="fused")
+    fused.load_state_dict(ref.state_dict())
+    lr = torch.rand(4, 3, 8, 8, dtype=torch.float64) * 255
+    hr = torch.rand(4, 3, 16, 16, dtype=torch.float64) * 255
+    results = []
+    for model, backend in ((ref, "reference"), (fused, "fused")):
+        loss_fn = CSDLoss(vgg, neg_num=3, exclude_self=exclude_self, backend=backend)
+        gen = torch.Generator().manual_seed(5)
+        terms = loss_fn(model(lr, 0.25), model(lr, 1.0), hr, lr, 2, gen)
+        grads = torch.autograd.grad(terms["total"], list(model.parameters()))
+        assert terms["contrastive"].item() > 0
+        results.append((terms["total"], grads))
+    (loss_r, grads_r), (loss_f, grads_f) = results
+    assert loss_r.item() > 0
+    torch.testing.assert_close(loss_f, loss_r, rtol=1e-9, atol=0)
+    for a, b in zip(grads_f, grads_r):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9)

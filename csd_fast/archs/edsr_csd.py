@@ -196,6 +196,9 @@ class EDSRCSD(nn.Module):
         self.check_input(x)
         w = self.channels(width)
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if self.backend == "fused":
+            out = self._forward_fused(x, w)
+            return out if channels_last else out.contiguous()
         y = x * (self.img_range / self.rgb_range) - self.shift.to(x.dtype)
         head = sliced_conv(y, self.head, w, 3)
         feat = head
@@ -207,3 +210,45 @@ class EDSRCSD(nn.Module):
         out = sliced_conv(feat, self.tail, 3, w)
         out = (out + self.shift.to(out.dtype)) * (self.rgb_range / self.img_range)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+    def _forward_fused(self, x: torch.Tensor, w: int) -> torch.Tensor:
+        """The same network through csd_fast's ops, channels-last from head to tail.
+
+        The tail's mean shift and output scale are folded into its bias and weight
+        (exact: they act after the last conv). The head's are not: zero padding of the
+        shifted image differs from zero padding of the raw one at the border.
+        """
+        from .. import ops
+
+        params = _ParamCast(x)
+        scale_out = self.rgb_range / self.img_range
+        y = torch.sub(x * (self.img_range / self.rgb_range), self.shift.to(params.dtype))
+        y = y.to(params.dtype, memory_format=torch.channels_last)
+        head = ops.sliced_conv3x3(y, *params(self.head), w, 3)
+        feat = head
+        for block in self.body:
+            feat = ops.residual_block(feat, *params(block.conv1), *params(block.conv2), w,
+                                      self.res_scale)
+        feat = ops.sliced_conv3x3(feat, *params(self.body_conv), w, w, residual=head)
+        for up, s in zip(self.upsampler, self.factors):
+            feat = ops.conv3x3_pixel_shuffle(feat, *params(up), w, w, s)
+        tail_weight, tail_bias = params(self.tail)
+        tail_bias = tail_bias[:3] + self.shift.view(3).to(params.dtype)
+        if scale_out != 1.0:
+            tail_weight, tail_bias = tail_weight[:3] * scale_out, tail_bias * scale_out
+        return ops.sliced_conv3x3(feat, tail_weight, tail_bias, 3, w)
+
+
+class _ParamCast:
+    """A conv's (weight, bias) in the dtype the fused ops run in: the input's, or
+    autocast's where autocast is on (custom ops get no autocast of their own)."""
+
+    def __init__(self, x: torch.Tensor):
+        device = x.device.type
+        if torch.is_autocast_enabled(device):
+            self.dtype = torch.get_autocast_dtype(device)
+        else:
+            self.dtype = x.dtype
+
+    def __call__(self, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+        return conv.weight.to(self.dtype), conv.bias.to(self.dtype)
