@@ -1,4 +1,6 @@
-"""DDP on CPU (gloo): 2 processes on the global batch end with the weights of 1 process."""
+"""DDP on CPU (gloo): 2 processes on the global batch end with the weights of 1 process,
+for every stage, including CSD's contrastive term (a ratio of global batch means, with
+negatives drawn from the global batch)."""
 from __future__ import annotations
 
 import os
@@ -19,10 +21,12 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 
 TINY = dict(scale=2, n_feats=8, n_resblocks=1, lr_patch=8, batch=4, width=0.5, progress=False,
             iterations=3, checkpoint_every=3, val_every=100, device="cpu")
+# neg_num 3 > the 2 items a rank holds: the negatives must come from the global batch
+CONTRASTIVE = dict(stage="csd", lambda_c=200.0, lambda_t=1.0, neg_num=3, random_vgg=True)
 STAGES = {"teacher": dict(stage="teacher"),
-          # lambda_c = 0: the negatives come from each rank's own slice, so only the L1 terms
-          # are batch-split invariant; this still sends student and teacher through one DDP call
-          "csd": dict(stage="csd", lambda_c=0.0, lambda_t=1.0)}
+          "csd_l1": dict(stage="csd", lambda_c=0.0, lambda_t=1.0),
+          "csd": CONTRASTIVE,
+          "csd_exclude_self": dict(CONTRASTIVE, exclude_self=True, loss_backend="reference")}
 
 
 def free_port() -> int:
@@ -52,7 +56,8 @@ def noise_folder(folder, count, seed):
 
 def test_two_processes_match_one(tmp_path):
     folder = noise_folder(tmp_path / "hr", count=4, seed=1)
-    mp.spawn(worker, args=(2, [free_port(), free_port()], str(folder), str(tmp_path)), nprocs=2)
+    mp.spawn(worker, args=(2, [free_port() for _ in STAGES], str(folder), str(tmp_path)), nprocs=2)
+    singles = {}
     for name, extra in STAGES.items():
         single = train(load_config(**TINY, **extra, train_data=str(folder), val_data=None,
                                    out_dir=str(tmp_path / f"one_{name}")))
@@ -65,6 +70,11 @@ def test_two_processes_match_one(tmp_path):
         torch.manual_seed(0)
         init = build_model(load_config(**TINY, **extra)).state_dict()
         assert not torch.allclose(init["head.weight"], a["head.weight"], atol=1e-6)
+        singles[name] = a
+    # the contrastive term moved the weights well beyond the tolerance above: a DDP run that
+    # got it wrong (per-rank ratios, per-rank negatives) would fail the comparison
+    gap = max((singles["csd"][k] - singles["csd_l1"][k]).abs().max() for k in singles["csd"])
+    assert gap > 1e-4, gap
 
 
 def test_torchrun_runs_the_cli_command(tmp_path):
@@ -75,7 +85,7 @@ def test_torchrun_runs_the_cli_command(tmp_path):
     import yaml
 
     folder = noise_folder(tmp_path / "hr", count=2, seed=2)
-    # the full CSD loss with negatives from each rank's slice: runs, finite, one checkpoint
+    # the full CSD loss through the CLI: runs, finite, one checkpoint
     config = {**TINY, "stage": "csd", "neg_num": 2, "random_vgg": True, "train_data": str(folder),
               "out_dir": str(tmp_path / "run"), "iterations": 2}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))

@@ -8,6 +8,8 @@ contrastive-distance op without being materialised.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -58,7 +60,10 @@ class ContrastiveLoss(nn.Module):
         self.backend = backend
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, negatives: torch.Tensor,
-                negative_source: torch.Tensor | None = None) -> torch.Tensor:
+                negative_source: torch.Tensor | None = None,
+                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """reduce maps this batch's (layers, 2) tensor of (d_pos, d_neg) to the global batch's
+        under DDP: a ratio of batch means is only exact when both means span the whole batch."""
         if student.shape != teacher.shape or negatives.shape[1:] != student.shape[1:]:
             raise ValueError(f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)} and "
                              f"negatives {tuple(negatives.shape)} must share (C, H, W)")
@@ -66,10 +71,15 @@ class ContrastiveLoss(nn.Module):
         # one VGG pass over every distinct image: B students, B teachers, K negatives
         features = self.vgg(torch.cat([student, teacher, negatives.to(student.dtype)]))
         distance = DISTANCES[self.backend]
+        distances = torch.stack([
+            torch.stack([d.float() for d in distance(f[:batch], f[batch:2 * batch], f[2 * batch:],
+                                                      negative_source)])
+            for f in features])
+        if reduce is not None:  # one collective for all layers
+            distances = reduce(distances)
         loss = student.new_zeros((), dtype=torch.float32)
-        for weight, f in zip(self.layer_weights, features):
-            d_pos, d_neg = distance(f[:batch], f[batch:2 * batch], f[2 * batch:], negative_source)
-            loss = loss + weight * d_pos.float() / (d_neg.float() + self.eps)
+        for weight, (d_pos, d_neg) in zip(self.layer_weights, distances):
+            loss = loss + weight * d_pos / (d_neg + self.eps)
         return loss
 
 
@@ -90,17 +100,28 @@ class CSDLoss(nn.Module):
         self.neg_num, self.t_detach, self.exclude_self = neg_num, t_detach, exclude_self
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor | None, hr: torch.Tensor,
-                lr: torch.Tensor, scale: int, generator: torch.Generator | None = None) -> dict:
+                lr: torch.Tensor, scale: int, generator: torch.Generator | None = None, *,
+                lr_pool: torch.Tensor | None = None, pool_offset: int = 0,
+                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+        """Under DDP, lr_pool is the global batch's LR (this rank's lr is
+        lr_pool[pool_offset : pool_offset + B]): the negatives are drawn from it with the same
+        generator state on every rank, as one process would draw them; reduce averages the
+        contrastive distances over ranks (see ContrastiveLoss.forward)."""
         terms = {"l1_student": F.l1_loss(student, hr)}
         total = terms["l1_student"]
         if self.lambda_t:
             terms["l1_teacher"] = F.l1_loss(teacher, hr)
             total = total + self.lambda_t * terms["l1_teacher"]
         if self.lambda_c:
-            negatives, source = make_negatives(lr, scale, self.neg_num, generator)
+            negatives, source = make_negatives(lr if lr_pool is None else lr_pool, scale,
+                                               self.neg_num, generator)
+            local = None
+            if self.exclude_self:  # pool index -> this batch's index; -1: not an anchor here
+                local = source - pool_offset
+                local = torch.where((local >= 0) & (local < student.size(0)), local,
+                                    torch.full_like(local, -1))
             positive = teacher.detach() if self.t_detach else teacher
-            terms["contrastive"] = self.contrastive(
-                student, positive, negatives, source if self.exclude_self else None)
+            terms["contrastive"] = self.contrastive(student, positive, negatives, local, reduce)
             total = total + self.lambda_c * terms["contrastive"]
         terms["total"] = total
         return terms

@@ -35,6 +35,29 @@ class Dist:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's t concatenated along dim 0 in rank order (the global batch); no autograd."""
+        if not self.enabled:
+            return t
+        t = t.contiguous()  # gloo and nccl gather dense tensors only
+        parts = [torch.empty_like(t) for _ in range(self.world_size)]
+        dist.all_gather(parts, t)
+        return torch.cat(parts)
+
+    def global_mean(self, t: torch.Tensor) -> torch.Tensor:
+        """The mean of t over ranks, differentiable, for a loss term that every rank computes
+        from the same global statistics (CSD's ratio of batch means).
+
+        With m = mean_r t_r and the same loss f(m) on every rank, the all-reduce's backward
+        sums the ranks' equal upstream gradients f'(m) / W, so each rank's t_r gets f'(m):
+        W times its exact share f'(m) / W. DDP's averaging of parameter gradients divides
+        by W again, so the final gradient is exactly that of f on the global batch.
+        """
+        if not self.enabled:
+            return t
+        from torch.distributed.nn.functional import all_reduce
+        return all_reduce(t) / self.world_size
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()

@@ -156,9 +156,6 @@ def _run(cfg: TrainConfig, resume: bool, dd: distributed.Dist, out: Path, last_p
     device = dd.device
     if cfg.batch % dd.world_size:
         raise ValueError(f"batch: {cfg.batch} does not split over {dd.world_size} processes")
-    if cfg.stage == "csd" and cfg.lambda_c and cfg.neg_num > cfg.batch // dd.world_size:
-        raise ValueError(f"neg_num: {cfg.neg_num} negatives come from each process's batch of "
-                         f"{cfg.batch // dd.world_size}")
     _seed_everything(cfg.seed)
     model = build_model(cfg)
     if cfg.teacher_checkpoint and cfg.stage != "teacher":
@@ -207,6 +204,9 @@ def _run(cfg: TrainConfig, resume: bool, dd: distributed.Dist, out: Path, last_p
     bar = tqdm(total=cfg.iterations, initial=start, disable=not (cfg.progress and dd.main),
                desc=f"train {cfg.stage}", unit="it")
     kill_after = os.environ.get(KILL_AFTER_ENV)
+    # Under DDP the contrastive term is that of the global batch, as in one process: negatives
+    # drawn from every rank's LR, distances averaged over ranks (CSDLoss.forward).
+    global_negatives = dd.enabled and cfg.stage == "csd" and bool(cfg.lambda_c)
     terms_out: dict = {}
     val: dict = {}
     window_start, window_iters = time.perf_counter(), 0
@@ -216,14 +216,17 @@ def _run(cfg: TrainConfig, resume: bool, dd: distributed.Dist, out: Path, last_p
         for lr, hr in loader:
             iteration += 1
             lr, hr = lr.to(device, non_blocking=True), hr.to(device, non_blocking=True)
+            pool = dd.all_gather(lr) if global_negatives else None
             if cfg.channels_last:
                 lr = lr.contiguous(memory_format=torch.channels_last)
-            # the negatives' permutation depends only on (seed, iteration, rank): exact resume
-            gen = torch.Generator().manual_seed(item_seed(cfg.seed, iteration, _NEGATIVES_SLOT + dd.rank))
+            # the negatives' permutation of the global batch depends only on (seed, iteration),
+            # the same on every rank: exact resume, and DDP draws what one process draws
+            gen = torch.Generator().manual_seed(item_seed(cfg.seed, iteration, _NEGATIVES_SLOT))
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 student, teacher = net(lr)
                 terms = loss_fn(student.float(), None if teacher is None else teacher.float(),
-                                hr, lr, cfg.scale, gen)
+                                hr, lr, cfg.scale, gen, lr_pool=pool, pool_offset=dd.rank * lr.size(0),
+                                reduce=dd.global_mean if global_negatives else None)
             total = terms["total"]
             if dd.any(not bool(torch.isfinite(total.detach()).all())):
                 values = {k: float(v.detach()) for k, v in terms.items()}
