@@ -7,7 +7,6 @@ setting is sized so that the whole run takes a few minutes on a laptop CPU.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib.util
 import json
 import shutil
@@ -98,11 +97,6 @@ def _load_final(run: Path):
     return model.eval()
 
 
-def read_log(run: Path) -> list[dict]:
-    with (run / "log.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 # --- figures (PIL only) -------------------------------------------------------------------
 
 def _label(img, text: str):
@@ -130,65 +124,6 @@ def side_by_side(rows: list[dict], path: Path, zoom: int = 2) -> None:
     sheet.save(path)
 
 
-def _panel(draw, box, title: str, series: list[tuple[str, tuple, list[tuple[float, float]]]],
-           x_max: float, marks: list[float]) -> None:
-    """A line chart in box (x0, y0, x1, y1): axes, min/max labels, one legend line per series."""
-    x0, y0, x1, y1 = box
-    pts = [p for _, _, s in series for p in s]
-    draw.text((x0, y0 - 28), title, fill=(0, 0, 0))
-    draw.rectangle(box, outline=(0, 0, 0))
-    if not pts:
-        draw.text((x0 + 10, y0 + 10), "no data", fill=(0, 0, 0))
-        return
-    lo, hi = min(p[1] for p in pts), max(p[1] for p in pts)
-    if hi - lo < 1e-9:
-        lo, hi = lo - 0.5, hi + 0.5
-    fx = lambda x: x0 + (x1 - x0) * x / max(x_max, 1)  # noqa: E731
-    fy = lambda y: y1 - (y1 - y0) * (y - lo) / (hi - lo)  # noqa: E731
-    for m in marks:  # stage boundary
-        draw.line((fx(m), y0, fx(m), y1), fill=(180, 180, 180))
-    for k, (name, colour, s) in enumerate(series):
-        xy = [(fx(x), fy(y)) for x, y in s]
-        if len(xy) > 1:
-            draw.line(xy, fill=colour, width=2)
-        for x, y in xy:
-            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
-        draw.text((x0 + 8, y0 + 6 + 12 * k), name, fill=colour)
-    draw.text((x1 + 4, y0), f"{hi:.4g}", fill=(0, 0, 0))
-    draw.text((x1 + 4, y1 - 10), f"{lo:.4g}", fill=(0, 0, 0))
-    draw.text((x0, y1 + 4), "0", fill=(0, 0, 0))
-    draw.text((x1 - 60, y1 + 4), f"{int(x_max)} it", fill=(0, 0, 0))
-
-
-def training_curves(logs: dict[str, list[dict]], path: Path) -> None:
-    """Loss and validation PSNR against iteration, the csd stage drawn after the teacher stage."""
-    from PIL import Image, ImageDraw
-
-    offset, marks = {}, []
-    total = 0
-    for stage, rows in logs.items():
-        offset[stage] = total
-        total += max((int(r["iteration"]) for r in rows), default=0)
-        marks.append(total)
-
-    def series(stage: str, key: str) -> list[tuple[float, float]]:
-        return [(offset[stage] + int(r["iteration"]), float(r[key])) for r in logs[stage] if r.get(key)]
-
-    img = Image.new("RGB", (720, 560), (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    # L1 terms rather than the total: the contrastive term (x lambda_c) would dwarf them
-    _panel(draw, (50, 40, 660, 250), "training L1 loss (pixel values 0-255); grey line: teacher -> csd stage",
-           [("teacher (width 1)", (200, 60, 20), series("teacher", "l1_student") + series("csd", "l1_teacher")),
-            (f"student (width {STUDENT_WIDTH:g})", (20, 90, 200), series("csd", "l1_student"))],
-           total, marks[:-1])
-    _panel(draw, (50, 310, 660, 520), f"held-out PSNR, Y channel (x{SCALE})",
-           [("teacher (width 1)", (200, 60, 20), series("teacher", "val_psnr_teacher")
-             + series("csd", "val_psnr_teacher")),
-            (f"student (width {STUDENT_WIDTH:g})", (20, 90, 200), series("csd", "val_psnr_student"))],
-           total, marks[:-1])
-    img.save(path)
-
-
 # --- the command ---------------------------------------------------------------------------
 
 def run_demo(args: argparse.Namespace) -> dict:
@@ -198,6 +133,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     from .evaluation import to_uint8
     from .metrics import psnr
     from .train.config import load_config
+    from .train.curves import read_log, training_curves
     from .train.trainer import train
 
     start = time.perf_counter()
@@ -293,8 +229,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     print("\n".join(lines))
 
     side_by_side(rows, out / "side_by_side.png")
-    training_curves({"teacher": read_log(runs / "teacher"), "csd": read_log(runs / "csd")},
-                    out / "training_curves.png")
+    training_curves([("teacher", read_log(runs / "teacher")), ("csd", read_log(runs / "csd"))],
+                    out / "training_curves.png", STUDENT_WIDTH,
+                    psnr_title=f"held-out PSNR, Y channel (x{SCALE})")
     report = {
         "scale": SCALE, "n_feats": N_FEATS, "n_resblocks": N_RESBLOCKS, "student_width": STUDENT_WIDTH,
         "data": source, "train_images": [p.name for p in train_files],

@@ -8,6 +8,7 @@ from PIL import Image
 
 from csd_fast import demo
 from csd_fast.cli import main as cli_main
+from csd_fast.train.curves import STUDENT_COLOUR, TEACHER_COLOUR
 
 TINY = ["--iterations", "2", "--csd-iterations", "2", "--patch", "8", "--batch", "2",
         "--neg-num", "2", "--quiet", "--device", "cpu"]
@@ -30,7 +31,8 @@ def test_demo_end_to_end_on_own_data(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "RANDOM weights" in text and "bicubic" in text and "student" in text
     for name in ("side_by_side.png", "training_curves.png", "results.json", "table.txt",
-                 "runs/teacher/log.csv", "runs/csd/log.csv", "runs/csd/best.safetensors"):
+                 "runs/teacher/log.csv", "runs/csd/log.csv", "runs/csd/best.safetensors",
+                 "runs/teacher/curves.png", "runs/csd/curves.png"):
         assert (out / name).is_file(), name
     report = json.loads((out / "results.json").read_text())
     assert {"bicubic", "teacher", "student"} <= set(report["results"])
@@ -40,6 +42,10 @@ def test_demo_end_to_end_on_own_data(tmp_path, capsys):
     assert report["params"]["student"] < report["params"]["teacher"]
     with Image.open(out / "side_by_side.png") as im:
         assert im.size[0] > im.size[1]  # four columns, one row
+    with Image.open(out / "training_curves.png") as im:
+        assert im.size == (720, 830)  # both stages in one figure: L1, contrastive, PSNR panels
+        colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    assert {TEACHER_COLOUR, STUDENT_COLOUR} <= colours
     # the student checkpoint loads like any other
     import csd_fast
     model = csd_fast.load_checkpoint(out / "runs" / "csd" / "best.safetensors")

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from csd_fast.losses import CSDLoss
 from csd_fast.train import (KILL_AFTER_ENV, ConfigError, NonFiniteLossError, TrainConfig, load_config,
                             train)
 from csd_fast.cli import main as cli_main
+from csd_fast.train.curves import STUDENT_COLOUR, TEACHER_COLOUR
 
 TINY = dict(scale=2, n_feats=8, n_resblocks=1, lr_patch=8, batch=4, neg_num=2, random_vgg=True,
             width=0.5, progress=False, log_every=1)
@@ -108,6 +110,11 @@ def test_each_stage_runs(images, tmp_path, stage):
     assert saved["random_vgg"] is True and saved["stage"] == stage
     assert load_config(out / "config.yaml") == cfg
     assert [int(r["iteration"]) for r in read_log(out)] == [1, 2, 3, 4]
+    # the trainer's own curves: loss, contrastive term (csd only) and validation PSNR panels
+    with Image.open(out / "curves.png") as im:
+        assert im.size == (720, 830 if stage == "csd" else 560)
+        colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    assert {TEACHER_COLOUR if stage != "student" else STUDENT_COLOUR} <= colours
 
 
 def test_csd_starts_from_the_teacher_and_refuses_to_clobber(images, tmp_path):
@@ -129,6 +136,61 @@ def test_cli_runs_train(images, tmp_path):
     assert torch.load(tmp_path / "o" / "last.pt", weights_only=True)["iteration"] == 2
     with pytest.raises(SystemExit, match="batch"):
         cli_main(["train", "--config", str(path), "batch=0"])
+
+
+# --- TensorBoard ------------------------------------------------------------------------------
+
+def tensorboard_scalars(folder) -> dict:
+    """{tag: [(step, value), ...]} as TensorBoard shows them (purged events left out)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every event
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_tensorboard_scalars_match_the_csv_across_resumes(images, tmp_path):
+    pytest.importorskip("tensorboard")
+    from csd_fast.train.runlog import CSV_FORMATS, TENSORBOARD_TAGS
+
+    out = tmp_path / "run"
+    common = dict(stage="csd", checkpoint_every=2, val_every=2)
+    train(tiny(images, out, iterations=2, **common))
+    at_2 = (out / "last.pt").read_bytes()
+    # Events are read file by file in name order, and the name starts with the creation time
+    # in seconds: a writer opened in the same second could sort before the previous one.
+    time.sleep(1.1)
+    train(tiny(images, out, iterations=4, **common), resume=True)
+    # back to the checkpoint of iteration 2, as after a crash: the events of iterations 3
+    # and 4 just written are orphans that the next resume must hide, as it drops their CSV rows
+    (out / "last.pt").write_bytes(at_2)
+    time.sleep(1.1)
+    train(tiny(images, out, iterations=4, **common), resume=True)
+
+    rows = read_log(out)
+    assert [int(r["iteration"]) for r in rows] == list(range(1, 5))
+    scalars = tensorboard_scalars(out / "tensorboard")
+    logged = {k for r in rows for k, v in r.items() if v and k != "iteration"}
+    assert set(scalars) == {TENSORBOARD_TAGS[k] for k in logged}
+    for key in logged:
+        expected = [(int(r["iteration"]), float(r[key])) for r in rows if r[key]]
+        got = scalars[TENSORBOARD_TAGS[key]]
+        assert [s for s, _ in got] == [s for s, _ in expected], key  # each step once
+        # the CSV rounds losses to 6 and it/s to 4 significant digits; TensorBoard has float32
+        rel = {".6g": 1e-5, ".4g": 1e-3}.get(CSV_FORMATS.get(key), 1e-6)
+        assert [v for _, v in got] == pytest.approx([v for _, v in expected], rel=rel), key
+
+
+def test_tensorboard_off_by_config_or_missing_package(images, tmp_path, capsys, monkeypatch):
+    train(tiny(images, tmp_path / "off", stage="teacher", iterations=2, val_data=None, tensorboard=False))
+    assert not (tmp_path / "off" / "tensorboard").exists()
+    assert "TensorBoard" not in capsys.readouterr().out
+    # as if tensorboard were not installed: None in sys.modules makes its import fail
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    train(tiny(images, tmp_path / "missing", stage="teacher", iterations=3, val_data=None))
+    text = capsys.readouterr().out
+    assert text.count("TensorBoard logging is off") == 1 and "pip install tensorboard" in text
+    assert not (tmp_path / "missing" / "tensorboard").exists()
+    assert [int(r["iteration"]) for r in read_log(tmp_path / "missing")] == [1, 2, 3]
 
 
 # --- exact resume after SIGKILL ---------------------------------------------------------------

@@ -72,6 +72,7 @@ class TrainConfig:
     vgg_weights: str | None = None
     random_vgg: bool = False
     progress: bool = True
+    tensorboard: bool = True  # also log to <out_dir>/tensorboard/ when tensorboard is installed
 
     def __post_init__(self) -> None:
         validate(self)

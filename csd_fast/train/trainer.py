@@ -1,8 +1,6 @@
 """The training loop for the three stages (teacher, csd, student); see GUIDE section 1."""
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import random
@@ -20,16 +18,15 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..data import PatchDataset, SRFolder
 from ..evaluation import evaluate
 from ..losses import CSDLoss, load_vgg19
-from .._atomic import atomic_write_bytes
 from . import distributed
 from .config import TrainConfig, save_config
+from .curves import read_log, training_curves
+from .runlog import RunLog
 from .sampling import batch_loader, item_seed
 from .state import load_state, rng_state, save_state, set_rng_state
 
 # Test hook: SIGKILL this process right after the `last` checkpoint of this iteration is written.
 KILL_AFTER_ENV = "CSD_FAST_TEST_KILL_AFTER_CHECKPOINT"
-LOG_FIELDS = ("iteration", "total", "l1_student", "l1_teacher", "contrastive", "lr", "it_per_s",
-              "val_psnr_student", "val_psnr_teacher")
 _NEGATIVES_SLOT = 1 << 40  # seed slot for the negatives' permutation, apart from data slots
 
 
@@ -78,31 +75,6 @@ def build_loss(cfg: TrainConfig, device: torch.device) -> CSDLoss:
     vgg = load_vgg19(cfg.vgg_weights, random_weights=cfg.random_vgg).to(device) if cfg.lambda_c else None
     return CSDLoss(vgg, cfg.lambda_c, cfg.lambda_t, cfg.neg_num, cfg.t_detach, cfg.exclude_self,
                    backend=cfg.loss_backend)
-
-
-class CsvLog:
-    """One row per logged iteration, flushed as written; a resume drops rows past its start."""
-
-    def __init__(self, path: Path, start: int):
-        self.path = path
-        rows = []
-        if start > 0 and path.is_file():
-            with path.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, LOG_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_bytes(path, buf.getvalue().encode())
-        self.file = path.open("a", newline="")
-        self.writer = csv.DictWriter(self.file, LOG_FIELDS)
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def _validate(model: EDSRCSD, cfg: TrainConfig, device: torch.device) -> dict:
@@ -194,7 +166,7 @@ def _run(cfg: TrainConfig, resume: bool, dd: distributed.Dist, out: Path, last_p
     if dd.main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        log = CsvLog(out / "log.csv", start)
+        log = RunLog(out, start, cfg.tensorboard)
         if cfg.stage == "csd" and cfg.lambda_c and cfg.random_vgg:
             print("csd_fast train: WARNING random_vgg=True, the contrastive loss uses an untrained VGG19")
 
@@ -256,8 +228,8 @@ def _run(cfg: TrainConfig, resume: bool, dd: distributed.Dist, out: Path, last_p
                 dd.barrier()
             if dd.main and (row or iteration % cfg.log_every == 0):
                 speed = window_iters / max(time.perf_counter() - window_start, 1e-9)
-                row.update(iteration=iteration, lr=optimizer.param_groups[0]["lr"],
-                           it_per_s=f"{speed:.4g}", **{k: f"{v:.6g}" for k, v in terms_out.items()})
+                row.update(iteration=iteration, lr=optimizer.param_groups[0]["lr"], it_per_s=speed,
+                           **terms_out)
                 log.write(row)
                 window_start, window_iters = time.perf_counter(), 0
             if iteration % cfg.checkpoint_every == 0 or iteration == cfg.iterations:
@@ -278,6 +250,7 @@ def _run(cfg: TrainConfig, resume: bool, dd: distributed.Dist, out: Path, last_p
         bar.close()
         if log is not None:
             log.close()
+            _write_curves(cfg, out)
     return {"iteration": iteration, "out_dir": str(Path(cfg.out_dir)), "last": str(last_path),
             "best": str(best_path) if best_path.exists() else None,
             "best_psnr": best_psnr if best_iteration else None, "best_iteration": best_iteration or None,
@@ -301,6 +274,16 @@ def _saved_iteration(path: Path) -> int | str:
         return load_state(path)["iteration"]
     except Exception as err:  # report, don't mask the loss error
         return f"unreadable: {err}"
+
+
+def _write_curves(cfg: TrainConfig, out: Path) -> None:
+    """<out>/curves.png from log.csv, also when the run stops on an error (the curves show how
+    it got there); a failure to draw is reported, never raised over the run's own outcome."""
+    try:
+        training_curves([(cfg.stage, read_log(out / "log.csv"))], out / "curves.png", cfg.width)
+    except Exception as err:
+        print(f"csd_fast train: warning: could not draw {out / 'curves.png'}: "
+              f"{type(err).__name__}: {err}")
 
 
 def _save_best(model: EDSRCSD, cfg: TrainConfig, path: Path, iteration: int, val: dict) -> None:
