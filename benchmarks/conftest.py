@@ -33,10 +33,33 @@ def synchronized(fn, device):
     return run
 
 
-def run_benchmark(benchmark, fn, device, rounds=5, warmup=1):
+def cpu_peak_mb(fn) -> float:
+    """Peak CPU tensor memory fn allocates beyond what exists when it starts, from the
+    profiler's allocation events (PyTorch keeps no CPU peak counter)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events()
+         if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
+        key=lambda e: e.start_ns())
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+def run_benchmark(benchmark, fn, device, rounds=5, warmup=1, measure_memory=False):
+    """Time fn; with measure_memory, also record its peak memory (one extra, untimed
+    run on the CPU, where it goes through the profiler)."""
     fn = synchronized(fn, device)
     for _ in range(warmup):
         fn()
+    if measure_memory and device.type == "cpu" and not benchmark.disabled:
+        benchmark.extra_info["peak_mem_mb"] = cpu_peak_mb(fn)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     benchmark.extra_info["torch"] = torch.__version__

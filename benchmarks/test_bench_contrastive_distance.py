@@ -53,4 +53,4 @@ def test_contrastive_distance(benchmark, device, layer, impl):
         (lambda d: d[0] / (d[1] + 1e-7))(contrastive_distance_reference(a.double(), p.double(), n.double())),
         a)[0]
     torch.testing.assert_close(step().double(), want.double(), rtol=1e-3, atol=1e-9)
-    run_benchmark(benchmark, step, device)
+    run_benchmark(benchmark, step, device, measure_memory=True)

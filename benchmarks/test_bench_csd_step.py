@@ -70,4 +70,4 @@ def test_csd_training_step(benchmark, device, impl):
         optimizer.step()
         return loss
 
-    run_benchmark(benchmark, step, device, rounds=3)
+    run_benchmark(benchmark, step, device, rounds=3, measure_memory=True)
