@@ -4,7 +4,7 @@
 // place on the result, res_scale is folded into the (small) weight and bias instead of
 // a pass over the feature map, the pixel shuffle is one strided copy whose inner run
 // is s * channels long (the weight rows are permuted so the convolution already emits
-// (i, j, c) order), and backward computes input and weight gradients as two calls,
+// (i, j, c) order; on the CPU a memcpy per run, csrc/cpu/pixel_shuffle_nhwc.cpp), and backward computes input and weight gradients as two calls,
 // which oneDNN runs faster channels-last than one combined call.
 #include "sliced_conv.h"
 
@@ -260,7 +260,11 @@ at::Tensor conv3x3_pixel_shuffle_composite(const at::Tensor& input, const at::Te
   const auto conv = conv3x3(input_prefix_nhwc(input, in_channels), w, b).contiguous(kChannelsLast);
   auto out = at::empty({input.size(0), channels, input.size(2) * s, input.size(3) * s},
                        conv.options().memory_format(kChannelsLast));
-  shuffled_rows(out, s).copy_(as_shuffled(conv, s));
+  if (out.is_cpu()) {
+    pixel_shuffle_nhwc_cpu(conv, out, s, /*to_shuffled=*/true);
+  } else {
+    shuffled_rows(out, s).copy_(as_shuffled(conv, s));
+  }
   return out.contiguous(caller_format(input));
 }
 
@@ -279,7 +283,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_pixel_shuffle_backward_co
   const auto grad = grad_output.contiguous(kChannelsLast);
   auto grad_conv = at::empty({input.size(0), rows, input.size(2), input.size(3)},
                              grad.options().memory_format(kChannelsLast));
-  as_shuffled(grad_conv, s).copy_(shuffled_rows(grad, s));
+  if (grad.is_cpu()) {
+    pixel_shuffle_nhwc_cpu(grad_conv, grad, s, /*to_shuffled=*/false);
+  } else {
+    as_shuffled(grad_conv, s).copy_(shuffled_rows(grad, s));
+  }
   const auto w = shuffle_order(weight_prefix(weight, rows, in_channels), channels, s);
   auto [grad_x, grad_w, grad_b] =
       conv3x3_backward(grad_conv, input_prefix_nhwc(input, in_channels), w, output_mask);

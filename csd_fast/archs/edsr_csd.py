@@ -70,8 +70,9 @@ class EDSRCSD(nn.Module):
     img_range = 255.
 
     backend="reference" runs plain PyTorch ops and is the oracle of every test;
-    backend="fused" runs csd_fast's custom ops for the parts that have one (see
-    csd_fast.build_info()) and the reference ops for the rest.
+    backend="fused" runs every convolution through csd_fast's sliced-conv ops
+    (channels-last, fused epilogues, conv + pixel shuffle in one op). The default,
+    None, picks "fused" when the compiled extension is loaded, else "reference".
     """
 
     def __init__(
@@ -83,7 +84,7 @@ class EDSRCSD(nn.Module):
         rgb_range: float = 255.0,
         img_range: float | None = None,
         rgb_mean: tuple[float, float, float] = RGB_MEAN,
-        backend: str = "reference",
+        backend: str | None = None,
     ):
         super().__init__()
         if n_resblocks < 0 or n_feats < 1:
@@ -135,7 +136,9 @@ class EDSRCSD(nn.Module):
         return self._backend
 
     @backend.setter
-    def backend(self, value: str) -> None:
+    def backend(self, value: str | None) -> None:
+        if value is None:
+            value = "fused" if _extension.available() else "reference"
         if value not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
         if value == "fused":

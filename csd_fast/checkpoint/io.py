@@ -147,7 +147,7 @@ def load_checkpoint(
     *,
     layout: str = "auto",
     param_key: str | None = None,
-    backend: str = "reference",
+    backend: str | None = None,
     map_location: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     **overrides,

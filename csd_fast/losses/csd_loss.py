@@ -69,12 +69,19 @@ class ContrastiveLoss(nn.Module):
                              f"negatives {tuple(negatives.shape)} must share (C, H, W)")
         batch = student.size(0)
         # one VGG pass over every distinct image: B students, B teachers, K negatives
-        features = self.vgg(torch.cat([student, teacher, negatives.to(student.dtype)]))
+        others = torch.cat([teacher, negatives.to(student.dtype)])
+        if teacher.requires_grad:
+            features = self.vgg(torch.cat([student, others]))
+            anchors = [f[:batch] for f in features]
+            others_features = [f[batch:] for f in features]
+        else:  # no graph (and no backward work) for the B + K images that take no gradient
+            anchors = self.vgg(student)
+            with torch.no_grad():
+                others_features = self.vgg(others)
         distance = DISTANCES[self.backend]
         distances = torch.stack([
-            torch.stack([d.float() for d in distance(f[:batch], f[batch:2 * batch], f[2 * batch:],
-                                                      negative_source)])
-            for f in features])
+            torch.stack([d.float() for d in distance(a, f[:batch], f[batch:], negative_source)])
+            for a, f in zip(anchors, others_features)])
         if reduce is not None:  # one collective for all layers
             distances = reduce(distances)
         loss = student.new_zeros((), dtype=torch.float32)
