@@ -11,9 +11,15 @@ import re
 from collections import defaultdict
 
 
-def impl_of(name: str) -> str:
-    match = re.search(r"\[(?:cpu|cuda)-([a-z_]+)", name)
-    return match.group(1) if match else name
+def impl_of(bench: dict) -> str:
+    """The implementation a benchmark timed: extra_info["impl"] where the benchmark set
+    it, else the id part naming one (fused, reference..., loop, compile...)."""
+    if "impl" in bench.get("extra_info", {}):
+        return bench["extra_info"]["impl"]
+    match = re.search(r"\[(.*)\]", bench["name"])
+    parts = match.group(1).split("-") if match else [bench["name"]]
+    named = [p for p in parts if p.startswith(("fused", "reference", "loop", "compile", "eager"))]
+    return named[0] if named else parts[-1]
 
 
 def render(data: dict, command: str) -> str:
@@ -32,7 +38,7 @@ def render(data: dict, command: str) -> str:
     ]
     groups = defaultdict(dict)
     for bench in data["benchmarks"]:
-        groups[bench["group"]][impl_of(bench["name"])] = bench
+        groups[bench["group"]][impl_of(bench)] = bench
     for group, impls in groups.items():
         fused = impls.get("fused")
         for impl, bench in sorted(impls.items(), key=lambda kv: kv[0] != "fused"):

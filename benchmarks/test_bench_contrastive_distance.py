@@ -54,3 +54,29 @@ def test_contrastive_distance(benchmark, device, layer, impl):
         a)[0]
     torch.testing.assert_close(step().double(), want.double(), rtol=1e-3, atol=1e-9)
     run_benchmark(benchmark, step, device, measure_memory=True)
+
+
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_contrastive_loss_all_layers(benchmark, device, impl):
+    """CSD's contrastive term over the five VGG layers at once (forward + backward to
+    every anchor): the whole loss's cost and peak memory, not one layer's."""
+    patch = 192 if device.type == "cuda" else 48
+    layers = [inputs(device, c, s, patch) for c, s in LAYERS]
+    weights = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
+    benchmark.group = f"contrastive_loss {device.type} 5 layers B16 K10 patch{patch}"
+
+    def loss_of(distance, tensors):
+        total = 0
+        for w, (a, p, n) in zip(weights, tensors):
+            d_pos, d_neg = distance(a, p, n)
+            total = total + w * d_pos / (d_neg + 1e-7)
+        return total
+
+    def step():
+        return torch.autograd.grad(loss_of(IMPLS[impl], layers), [a for a, _, _ in layers])
+
+    doubles = [(a.detach().double().requires_grad_(), p.double(), n.double()) for a, p, n in layers]
+    want = torch.autograd.grad(loss_of(contrastive_distance_reference, doubles), [a for a, _, _ in doubles])
+    for got, exp in zip(step(), want):
+        torch.testing.assert_close(got.double(), exp, rtol=1e-3, atol=1e-9)
+    run_benchmark(benchmark, step, device, measure_memory=True)

@@ -2,9 +2,11 @@
 64-channel residual block and its x2 upsampler stage (conv to 256 channels + pixel
 shuffle), at a 128x128 LR image, forward alone (inference) and forward + backward.
 
-fused: csd_fast.ops. reference: the plain-PyTorch module code on the caller's NCHW
-tensors. reference_channels_last: the same plain code fed channels-last tensors, to
-show how much of the gain is layout and how much is the op's own work."""
+fused: csd_fast.ops on channels-last tensors, as EDSRCSD(backend="fused") runs them.
+fused_nchw: the same ops given and returning NCHW (two layout conversions per call).
+reference: the plain-PyTorch module code on NCHW tensors, what a user's EDSR runs.
+reference_channels_last: the same plain code fed channels-last tensors, to show how
+much of the gain is layout and how much is the op's own work."""
 import pytest
 import torch
 
@@ -40,16 +42,16 @@ CASES = {
                            lambda x, p: ops.conv3x3_pixel_shuffle(x, *p, CHANNELS, CHANNELS, 2),
                            lambda x, p: ops.conv3x3_pixel_shuffle_reference(x, *p, CHANNELS, CHANNELS, 2)),
 }
-IMPLS = ["fused", "reference", "reference_channels_last"]
+IMPLS = ["fused", "fused_nchw", "reference", "reference_channels_last"]
 
 
 def prepare(case, impl, device, size, train):
     make_inputs, fused, reference = CASES[case]
     x, params = make_inputs(device, size)
     want = reference(x, params)
-    if impl == "reference_channels_last":
+    if impl in ("fused", "reference_channels_last"):
         x = x.contiguous(memory_format=torch.channels_last)
-    fn = fused if impl == "fused" else reference
+    fn = fused if impl.startswith("fused") else reference
     torch.testing.assert_close(fn(x, params), want, rtol=1e-4, atol=1e-4)
     if not train:
         return lambda: fn(x, params)
