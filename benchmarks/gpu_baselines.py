@@ -3,7 +3,8 @@
 Measures, in one process on one GPU: device-to-device copy bandwidth; the contrastive
 distance op against that bandwidth (and against the reference formulation); EDSR x4
 (paper preset) inference on a 480x270 input at widths 0.25 and 1.0 with the reference
-backend in eager fp32, eager bf16 (NCHW and channels_last) and torch.compile bf16.
+backend in eager fp32, eager bf16 (NCHW and channels_last) and torch.compile bf16, and
+the fused backend (csd_fast's tensor-core convs) in bf16 channels_last.
 Prints a markdown table last; --json writes every number.
 
     python benchmarks/gpu_baselines.py --json out.json
@@ -72,15 +73,36 @@ def edsr_rows(compile_too=True):
             with torch.no_grad():
                 ms = cuda_time_ms(lambda: net(inp, width), warmup=2, iters=10)
             rows.append(dict(case=f"EDSR x4 w{width} 480x270 {label}", ms=ms, note="reference backend"))
+        eager_ms = rows[-1]["ms"]  # eager bf16 channels_last
+        rows.append(fused_row(model, bf16_cl, x, x_cl, width, eager_ms))
         if compile_too:
             compiled = torch.compile(lambda t, w=width: bf16_cl(t, w))
             t0 = time.time()
             with torch.no_grad():
                 compiled(x_cl)
                 ms = cuda_time_ms(lambda: compiled(x_cl), warmup=2, iters=10)
+            fused_ms = rows[-1]["ms"]
             rows.append(dict(case=f"EDSR x4 w{width} 480x270 torch.compile bf16 channels_last",
-                             ms=ms, note=f"reference backend, compile {time.time() - t0:.0f} s"))
+                             ms=ms, note=f"reference backend, compile {time.time() - t0:.0f} s; "
+                                         f"compile / fused = {ms / fused_ms:.2f}x"))
     return rows
+
+
+def fused_row(model_fp32, model_bf16, x, x_cl, width, eager_ms):
+    """backend="fused" (csd_fast's tensor-core convs) on the bf16 channels-last model,
+    with its error against the fp32 eager output beside that of the bf16 eager one."""
+    with torch.no_grad():
+        want = model_fp32(x, width)
+        eager_err = (model_bf16(x_cl, width).float() - want).abs().max().item()
+        model_bf16.backend = "fused"
+        try:
+            fused_err = (model_bf16(x_cl, width).float() - want).abs().max().item()
+            ms = cuda_time_ms(lambda: model_bf16(x_cl, width), warmup=2, iters=10)
+        finally:
+            model_bf16.backend = "reference"
+    return dict(case=f"EDSR x4 w{width} 480x270 fused bf16 channels_last", ms=ms,
+                note=f"eager / fused = {eager_ms / ms:.2f}x; max |err| vs fp32 {fused_err:.2f} "
+                     f"(eager bf16 {eager_err:.2f})")
 
 
 def main():

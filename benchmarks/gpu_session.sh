@@ -1,22 +1,38 @@
 #!/usr/bin/env bash
 # Everything a lent GPU session should do, in one call: build with CUDA kernels, run
 # the test suite (CUDA cases included), compute-sanitizer memcheck and racecheck over
-# the CUDA op tests, the benchmark suite and the GPU baselines. Full logs go to $OUT
+# small sets of the CUDA op tests (contrastive distance, and one call per tensor-core
+# conv configuration), the benchmark suite and the GPU baselines. Full logs go to $OUT
 # (default /tmp/csd_fast_gpu); a short summary is printed last.
 #   bash benchmarks/gpu_session.sh            (from the repository root)
+# The device tool stops a command at 10 minutes: every step runs under a timeout cut
+# to what is left of SESSION_BUDGET_S (default 500 s) so the summary and the log
+# archive are always written; a step with no time left is skipped and says so.
 set -uo pipefail
 OUT=${OUT:-/tmp/csd_fast_gpu}
 mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
+DEADLINE=$((SECONDS + ${SESSION_BUDGET_S:-500}))
 summary=()
-step() {  # step NAME LOG COMMAND...: run, keep the log, remember the exit status
-    local name=$1 log=$2; shift 2
-    local t0=$SECONDS
-    "$@" >"$OUT/$log" 2>&1
-    local rc=$?
-    summary+=("$(printf '%-28s rc=%-3s %4ss  %s' "$name" "$rc" "$((SECONDS - t0))" "$(tail -n 1 "$OUT/$log" | cut -c1-90)")")
+step() {  # step NAME LOG CAP_S COMMAND...: run under min(CAP_S, time left), keep the log
+    local name=$1 log=$2 cap=$3; shift 3
+    local left=$((DEADLINE - SECONDS)) t0=$SECONDS rc
+    [ "$cap" -gt "$left" ] && cap=$left
+    if [ "$left" -lt 15 ]; then
+        echo "skipped: out of session time" >"$OUT/$log"
+        rc=125
+    else
+        timeout -k 10 "$cap" "$@" >"$OUT/$log" 2>&1
+        rc=$?
+        [ $rc -eq 124 ] && echo "timed out after ${cap}s" >>"$OUT/$log"
+    fi
+    summary+=("$(printf '%-12s rc=%-3s %4ss  %s' "$name" "$rc" "$((SECONDS - t0))" "$(tail -n 1 "$OUT/$log" | cut -c1-100)")")
     return $rc
+}
+finish() {  # the device tool returns at most 8 files: pack the logs into one
+    (cd "$OUT" && shopt -s nullglob && files=(./*.log ./*.txt) && [ ${#files[@]} -gt 0 ] &&
+        tar -czf logs.tar.gz "${files[@]}" && rm -f "${files[@]}")
 }
 
 # The lent machines set CC/CXX to a wrapper in /opt/gcc; extensions built with it crash
@@ -32,27 +48,35 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-if ! step build build.log env CSD_FAST_CUDA=1 MAX_JOBS=16 \
+if ! step build build.log 330 env CSD_FAST_CUDA=1 MAX_JOBS=16 \
         python3 -m pip install -v --no-deps --no-build-isolation .; then
-    tail -n 40 "$OUT/build.log"; printf '%s\n' "${summary[@]}"; exit 1
+    tail -n 40 "$OUT/build.log"; printf '%s\n' "${summary[@]}"; finish; exit 1
 fi
+grep -E "csrc/.*warning" "$OUT/build.log" | head -n 20 >"$OUT/build_warnings.txt"
 # from outside the source tree, so the installed package is the one imported
 (cd /tmp && python3 -c "import csd_fast; print(csd_fast.build_info())") | tee "$OUT/build_info.txt"
 
-step tests tests.log pytest tests -q -rs
-step memcheck memcheck.log compute-sanitizer --tool memcheck --error-exitcode 9 \
-    pytest tests/test_contrastive_distance.py -q -k "cuda and not compile"
-step racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 9 \
-    pytest tests/test_contrastive_distance.py -q -k "cuda and forward_matches"
-step benchmarks bench.log pytest benchmarks -q --benchmark-only -k cuda \
+step tests tests.log 200 pytest tests -q -rs --durations=15
+# One pytest per tool over both sets (-k also matches module names): the contrastive
+# distance's CUDA cases, and test_kernel_configs_once, one small call per tensor-core
+# conv configuration and epilogue plus a cuDNN fallback, partial tiles everywhere.
+SANITIZED=(tests/test_contrastive_distance.py tests/test_sliced_conv_cuda.py)
+step memcheck memcheck.log 120 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    pytest "${SANITIZED[@]}" -q \
+    -k "(test_contrastive_distance and cuda and not compile) or kernel_configs_once"
+step racecheck racecheck.log 100 compute-sanitizer --tool racecheck --error-exitcode 9 \
+    pytest "${SANITIZED[@]}" -q \
+    -k "(test_contrastive_distance and cuda and forward_matches) or kernel_configs_once"
+# baselines first: they hold the whole-network comparison (fused / eager / compile)
+step baselines baselines.log 150 python3 benchmarks/gpu_baselines.py --json "$OUT/baselines.json"
+step benchmarks bench.log 150 pytest benchmarks -q --benchmark-only -k cuda \
     --benchmark-json "$OUT/bench.json"
-python3 benchmarks/render_results.py "$OUT/bench.json" \
+[ -s "$OUT/bench.json" ] && python3 benchmarks/render_results.py "$OUT/bench.json" \
     --command "pytest benchmarks --benchmark-only -k cuda" >"$OUT/bench.md" 2>&1
-step baselines baselines.log timeout 240 python3 benchmarks/gpu_baselines.py --json "$OUT/baselines.json"
 
-echo; cat "$OUT/bench.md"; echo
+echo; [ -f "$OUT/bench.md" ] && cat "$OUT/bench.md"; echo
 grep -A 40 '^| case' "$OUT/baselines.log"
 echo; grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/memcheck.log" "$OUT/racecheck.log"
+echo; cat "$OUT/build_warnings.txt"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -n 3
 echo; printf '%s\n' "${summary[@]}"
-# the device tool returns at most 8 files: pack the logs into one
-(cd "$OUT" && tar -czf logs.tar.gz ./*.log ./*.txt && rm -f ./*.log ./*.txt)
+finish
