@@ -1,11 +1,14 @@
-// ATen compositions of the sliced-conv ops. What makes them faster than the plain
-// PyTorch module: every convolution runs channels-last (oneDNN's NCHW path reorders
-// each call), bias rides inside the convolution, ReLU and the residual add run in
-// place on the result, res_scale is folded into the (small) weight and bias instead of
-// a pass over the feature map, the pixel shuffle is one strided copy whose inner run
-// is s * channels long (the weight rows are permuted so the convolution already emits
-// (i, j, c) order; on the CPU a memcpy per run, csrc/cpu/pixel_shuffle_nhwc.cpp), and backward computes input and weight gradients as two calls,
-// which oneDNN runs faster channels-last than one combined call.
+// ATen compositions of the sliced-conv ops (oneDNN on CPU, cuDNN on CUDA).
+//
+// Against the plain PyTorch module they win by layout and by removing passes: every
+// convolution runs channels-last (oneDNN's NCHW path is about 2x slower on this CPU),
+// bias rides inside the convolution, ReLU and the residual add run in place on its
+// result, and res_scale is folded into the small weight and bias instead of costing a
+// pass over the feature map. The CUDA upsampler permutes the weight rows so the
+// convolution emits (i, j, c) order and the shuffle is one strided copy with runs of
+// s * channels; on the CPU ATen's channels-last shuffle kernel measured faster than
+// that copy or a memcpy-per-run kernel of ours. Backward asks for input and weight
+// gradients in two calls, which oneDNN runs faster channels-last than one call.
 #include "sliced_conv.h"
 
 #include <ATen/ATen.h>
@@ -255,16 +258,17 @@ at::Tensor conv3x3_pixel_shuffle_composite(const at::Tensor& input, const at::Te
   TORCH_CHECK(channels >= 1, op, ": channels must be >= 1, got ", channels);
   const int64_t rows = channels * s * s;
   check_sliced_conv(op, input, weight, bias, rows, in_channels);
+  const auto x = input_prefix_nhwc(input, in_channels);
+  if (input.is_cpu()) {  // ATen's channels-last shuffle kernel measured fastest here
+    auto conv = conv3x3(x, weight_prefix(weight, rows, in_channels), bias.narrow(0, 0, rows));
+    return at::pixel_shuffle(conv.contiguous(kChannelsLast), s).contiguous(caller_format(input));
+  }
   const auto w = shuffle_order(weight_prefix(weight, rows, in_channels), channels, s);
   const auto b = shuffle_order(bias.narrow(0, 0, rows), channels, s);
-  const auto conv = conv3x3(input_prefix_nhwc(input, in_channels), w, b).contiguous(kChannelsLast);
+  const auto conv = conv3x3(x, w, b).contiguous(kChannelsLast);
   auto out = at::empty({input.size(0), channels, input.size(2) * s, input.size(3) * s},
                        conv.options().memory_format(kChannelsLast));
-  if (out.is_cpu()) {
-    pixel_shuffle_nhwc_cpu(conv, out, s, /*to_shuffled=*/true);
-  } else {
-    shuffled_rows(out, s).copy_(as_shuffled(conv, s));
-  }
+  shuffled_rows(out, s).copy_(as_shuffled(conv, s));
   return out.contiguous(caller_format(input));
 }
 
@@ -281,16 +285,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_pixel_shuffle_backward_co
   check_grad_output(op, grad_output, input,
                     {input.size(0), channels, input.size(2) * s, input.size(3) * s});
   const auto grad = grad_output.contiguous(kChannelsLast);
+  const auto x = input_prefix_nhwc(input, in_channels);
+  if (grad.is_cpu()) {
+    const auto grad_conv = at::pixel_unshuffle(grad, s).contiguous(kChannelsLast);
+    auto [grad_x, grad_w, grad_b] =
+        conv3x3_backward(grad_conv, x, weight_prefix(weight, rows, in_channels), output_mask);
+    return {grad_x.defined() ? full_input_grad(grad_x, input) : input.new_empty({0}),
+            grad_w.defined() ? grad_w.contiguous() : input.new_empty({0}),
+            or_empty(grad_b, input)};
+  }
   auto grad_conv = at::empty({input.size(0), rows, input.size(2), input.size(3)},
                              grad.options().memory_format(kChannelsLast));
-  if (grad.is_cpu()) {
-    pixel_shuffle_nhwc_cpu(grad_conv, grad, s, /*to_shuffled=*/false);
-  } else {
-    as_shuffled(grad_conv, s).copy_(shuffled_rows(grad, s));
-  }
+  as_shuffled(grad_conv, s).copy_(shuffled_rows(grad, s));
   const auto w = shuffle_order(weight_prefix(weight, rows, in_channels), channels, s);
-  auto [grad_x, grad_w, grad_b] =
-      conv3x3_backward(grad_conv, input_prefix_nhwc(input, in_channels), w, output_mask);
+  auto [grad_x, grad_w, grad_b] = conv3x3_backward(grad_conv, x, w, output_mask);
   return {grad_x.defined() ? full_input_grad(grad_x, input) : input.new_empty({0}),
           grad_w.defined() ? channel_order(grad_w, channels, s) : input.new_empty({0}),
           grad_b.defined() ? channel_order(grad_b, channels, s) : input.new_empty({0})};

@@ -21,12 +21,6 @@ void check_sliced_conv(const char* op, const at::Tensor& input, const at::Tensor
 // The layout outputs and input gradients are returned in.
 at::MemoryFormat caller_format(const at::Tensor& input);
 
-// Copies an (N, s*s*C, H, W) channels-last map whose channels run in (i, j, c) order
-// to its pixel-shuffled (N, C, H*s, W*s) channels-last image, or back
-// (to_shuffled=false). CPU only (csrc/cpu/pixel_shuffle_nhwc.cpp).
-void pixel_shuffle_nhwc_cpu(const at::Tensor& unshuffled, const at::Tensor& shuffled, int64_t s,
-                            bool to_shuffled);
-
 // The ATen compositions (oneDNN on CPU, cuDNN on CUDA). The CPU kernels are these;
 // the CUDA kernels fall back to them where no tensor-core kernel applies.
 at::Tensor sliced_conv3x3_composite(const at::Tensor& input, const at::Tensor& weight,
