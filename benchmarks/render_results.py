@@ -33,8 +33,8 @@ def render(data: dict, command: str) -> str:
         f"- command: `{command}`",
         f"- torch {torch_version}, Python {info['python_version']}, {info['node']}",
         "",
-        "| group | implementation | median (ms) | reference / fused | peak MB |",
-        "|---|---|---:|---:|---:|",
+        "| group | implementation | median (ms) | min (ms) | reference / fused (median) | peak MB |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     groups = defaultdict(dict)
     for bench in data["benchmarks"]:
@@ -45,7 +45,7 @@ def render(data: dict, command: str) -> str:
             median = bench["stats"]["median"]
             ratio = f"{median / fused['stats']['median']:.2f}x" if fused and impl != "fused" else ""
             peak = bench["extra_info"].get("peak_mem_mb")
-            lines.append(f"| {group} | {impl} | {median * 1e3:.3f} | {ratio} | "
+            lines.append(f"| {group} | {impl} | {median * 1e3:.3f} | {bench['stats']['min'] * 1e3:.3f} | {ratio} | "
                          f"{'' if peak is None else f'{peak:.0f}'} |")
     return "\n".join(lines) + "\n"
 

@@ -41,4 +41,5 @@ def test_edsr_forward(benchmark, device, models, width, size, impl):
         want = model(x, width)
         model.backend = impl
         torch.testing.assert_close(model(x, width), want, rtol=1e-4, atol=2e-3)
-        run_benchmark(benchmark, lambda: model(x, width), device, rounds=3)
+        run_benchmark(benchmark, lambda: model(x, width), device,
+                      rounds=10 if size == "128x128" else 3)
