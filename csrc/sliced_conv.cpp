@@ -138,6 +138,26 @@ void check_sliced_conv(const char* op, const at::Tensor& input, const at::Tensor
               " exceeds the input's ", input.size(1), " channels");
 }
 
+void check_residual(const char* op, const at::Tensor& residual, const at::Tensor& input,
+                    int64_t out_channels) {
+  const std::vector<int64_t> expected{input.size(0), out_channels, input.size(2), input.size(3)};
+  TORCH_CHECK(residual.sizes() == at::IntArrayRef(expected), op,
+              ": residual must have the output's shape ", expected, ", got ", residual.sizes());
+  TORCH_CHECK(residual.scalar_type() == input.scalar_type() && residual.device() == input.device(),
+              op, ": residual must be ", input.scalar_type(), " on ", input.device(), ", got ",
+              residual.scalar_type(), " on ", residual.device());
+}
+
+int64_t check_conv_pixel_shuffle(const char* op, const at::Tensor& input,
+                                 const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 int64_t channels, int64_t in_channels, int64_t upscale_factor) {
+  TORCH_CHECK(upscale_factor >= 1, op, ": upscale_factor must be >= 1, got ", upscale_factor);
+  TORCH_CHECK(channels >= 1, op, ": channels must be >= 1, got ", channels);
+  const int64_t rows = channels * upscale_factor * upscale_factor;
+  check_sliced_conv(op, input, weight, bias, rows, in_channels);
+  return rows;
+}
+
 at::MemoryFormat caller_format(const at::Tensor& input) {
   return input.is_contiguous(kChannelsLast) && !input.is_contiguous() ? kChannelsLast
                                                                        : at::MemoryFormat::Contiguous;
@@ -156,13 +176,7 @@ at::Tensor sliced_conv3x3_composite(const at::Tensor& input, const at::Tensor& w
   auto w = weight_prefix(weight, out_channels, in_channels);
   auto b = bias.narrow(0, 0, out_channels);
   if (has_residual) {
-    const std::vector<int64_t> expected{input.size(0), out_channels, input.size(2), input.size(3)};
-    TORCH_CHECK(residual->sizes() == at::IntArrayRef(expected), op,
-                ": residual must have the output's shape ", expected, ", got ", residual->sizes());
-    TORCH_CHECK(residual->scalar_type() == input.scalar_type() &&
-                    residual->device() == input.device(),
-                op, ": residual must be ", input.scalar_type(), " on ", input.device(), ", got ",
-                residual->scalar_type(), " on ", residual->device());
+    check_residual(op, *residual, input, out_channels);
     w = scaled(w, res_scale);
     b = scaled(b, res_scale);
   }
@@ -252,12 +266,9 @@ residual_block_backward_composite(const at::Tensor& grad_output, const at::Tenso
 at::Tensor conv3x3_pixel_shuffle_composite(const at::Tensor& input, const at::Tensor& weight,
                                            const at::Tensor& bias, int64_t channels,
                                            int64_t in_channels, int64_t upscale_factor) {
-  constexpr const char* op = "conv3x3_pixel_shuffle";
   const int64_t s = upscale_factor;
-  TORCH_CHECK(s >= 1, op, ": upscale_factor must be >= 1, got ", s);
-  TORCH_CHECK(channels >= 1, op, ": channels must be >= 1, got ", channels);
-  const int64_t rows = channels * s * s;
-  check_sliced_conv(op, input, weight, bias, rows, in_channels);
+  const int64_t rows = check_conv_pixel_shuffle("conv3x3_pixel_shuffle", input, weight, bias,
+                                                channels, in_channels, s);
   const auto x = input_prefix_nhwc(input, in_channels);
   if (input.is_cpu()) {  // ATen's channels-last shuffle kernel measured fastest here
     auto conv = conv3x3(x, weight_prefix(weight, rows, in_channels), bias.narrow(0, 0, rows));
@@ -278,10 +289,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_pixel_shuffle_backward_co
     std::array<bool, 3> output_mask) {
   constexpr const char* op = "conv3x3_pixel_shuffle_backward";
   const int64_t s = upscale_factor;
-  TORCH_CHECK(s >= 1 && channels >= 1, op, ": need upscale_factor >= 1 and channels >= 1, got ",
-              s, " and ", channels);
-  const int64_t rows = channels * s * s;
-  check_sliced_conv(op, input, weight, std::nullopt, rows, in_channels);
+  const int64_t rows =
+      check_conv_pixel_shuffle(op, input, weight, std::nullopt, channels, in_channels, s);
   check_grad_output(op, grad_output, input,
                     {input.size(0), channels, input.size(2) * s, input.size(3) * s});
   const auto grad = grad_output.contiguous(kChannelsLast);

@@ -18,6 +18,15 @@ void check_sliced_conv(const char* op, const at::Tensor& input, const at::Tensor
                        const std::optional<at::Tensor>& bias, int64_t out_channels,
                        int64_t in_channels);
 
+// residual + res_scale * conv's residual: the output's shape, dtype and device.
+void check_residual(const char* op, const at::Tensor& residual, const at::Tensor& input,
+                    int64_t out_channels);
+
+// The upsampler's checks; returns the weight rows it uses, channels * s * s.
+int64_t check_conv_pixel_shuffle(const char* op, const at::Tensor& input,
+                                 const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                                 int64_t channels, int64_t in_channels, int64_t upscale_factor);
+
 // The layout outputs and input gradients are returned in.
 at::MemoryFormat caller_format(const at::Tensor& input);
 

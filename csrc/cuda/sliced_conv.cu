@@ -21,18 +21,6 @@ igemm::Strides4 strides_of(const at::Tensor& t) {
   return {t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
 }
 
-// The composite's residual checks, made before choosing a path so that both reject the
-// same inputs with the same message.
-void check_residual(const char* op, const at::Tensor& residual, const at::Tensor& input,
-                    int64_t out_channels) {
-  const std::vector<int64_t> expected{input.size(0), out_channels, input.size(2), input.size(3)};
-  TORCH_CHECK(residual.sizes() == at::IntArrayRef(expected), op,
-              ": residual must have the output's shape ", expected, ", got ", residual.sizes());
-  TORCH_CHECK(residual.scalar_type() == input.scalar_type() && residual.device() == input.device(),
-              op, ": residual must be ", input.scalar_type(), " on ", input.device(), ", got ",
-              residual.scalar_type(), " on ", residual.device());
-}
-
 at::Tensor empty_output(const at::Tensor& input, at::IntArrayRef sizes, at::MemoryFormat format) {
   return at::empty(sizes, input.options().memory_format(format));
 }
@@ -137,12 +125,9 @@ std::tuple<at::Tensor, at::Tensor> residual_block_cuda(const at::Tensor& input,
 at::Tensor conv3x3_pixel_shuffle_cuda(const at::Tensor& input, const at::Tensor& weight,
                                       const at::Tensor& bias, int64_t channels,
                                       int64_t in_channels, int64_t upscale_factor) {
-  constexpr const char* op = "conv3x3_pixel_shuffle";
   const int64_t s = upscale_factor;
-  TORCH_CHECK(s >= 1, op, ": upscale_factor must be >= 1, got ", s);
-  TORCH_CHECK(channels >= 1, op, ": channels must be >= 1, got ", channels);
-  const int64_t rows = channels * s * s;
-  check_sliced_conv(op, input, weight, bias, rows, in_channels);
+  const int64_t rows = check_conv_pixel_shuffle("conv3x3_pixel_shuffle", input, weight, bias,
+                                                channels, in_channels, s);
   if (!igemm::supported(input, in_channels, rows)) {
     return conv3x3_pixel_shuffle_composite(input, weight, bias, channels, in_channels, s);
   }
