@@ -138,14 +138,23 @@ void check_sliced_conv(const char* op, const at::Tensor& input, const at::Tensor
               " exceeds the input's ", input.size(1), " channels");
 }
 
-void check_residual(const char* op, const at::Tensor& residual, const at::Tensor& input,
-                    int64_t out_channels) {
+bool check_sliced_conv3x3(const at::Tensor& input, const at::Tensor& weight,
+                          const at::Tensor& bias, int64_t out_channels, int64_t in_channels,
+                          bool relu, const std::optional<at::Tensor>& residual) {
+  constexpr const char* op = "sliced_conv3x3";
+  check_sliced_conv(op, input, weight, bias, out_channels, in_channels);
+  if (!residual.has_value() || !residual->defined()) return false;
+  TORCH_CHECK(!relu, op,
+              ": relu and residual cannot be combined (the epilogue is relu(conv) or "
+              "residual + res_scale * conv)");
   const std::vector<int64_t> expected{input.size(0), out_channels, input.size(2), input.size(3)};
-  TORCH_CHECK(residual.sizes() == at::IntArrayRef(expected), op,
-              ": residual must have the output's shape ", expected, ", got ", residual.sizes());
-  TORCH_CHECK(residual.scalar_type() == input.scalar_type() && residual.device() == input.device(),
+  TORCH_CHECK(residual->sizes() == at::IntArrayRef(expected), op,
+              ": residual must have the output's shape ", expected, ", got ", residual->sizes());
+  TORCH_CHECK(residual->scalar_type() == input.scalar_type() &&
+                  residual->device() == input.device(),
               op, ": residual must be ", input.scalar_type(), " on ", input.device(), ", got ",
-              residual.scalar_type(), " on ", residual.device());
+              residual->scalar_type(), " on ", residual->device());
+  return true;
 }
 
 int64_t check_conv_pixel_shuffle(const char* op, const at::Tensor& input,
@@ -167,16 +176,11 @@ at::Tensor sliced_conv3x3_composite(const at::Tensor& input, const at::Tensor& w
                                     const at::Tensor& bias, int64_t out_channels,
                                     int64_t in_channels, bool relu,
                                     const std::optional<at::Tensor>& residual, double res_scale) {
-  constexpr const char* op = "sliced_conv3x3";
-  check_sliced_conv(op, input, weight, bias, out_channels, in_channels);
-  const bool has_residual = residual.has_value() && residual->defined();
-  TORCH_CHECK(!(relu && has_residual), op,
-              ": relu and residual cannot be combined (the epilogue is relu(conv) or "
-              "residual + res_scale * conv)");
+  const bool has_residual =
+      check_sliced_conv3x3(input, weight, bias, out_channels, in_channels, relu, residual);
   auto w = weight_prefix(weight, out_channels, in_channels);
   auto b = bias.narrow(0, 0, out_channels);
   if (has_residual) {
-    check_residual(op, *residual, input, out_channels);
     w = scaled(w, res_scale);
     b = scaled(b, res_scale);
   }

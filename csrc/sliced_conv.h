@@ -18,9 +18,11 @@ void check_sliced_conv(const char* op, const at::Tensor& input, const at::Tensor
                        const std::optional<at::Tensor>& bias, int64_t out_channels,
                        int64_t in_channels);
 
-// residual + res_scale * conv's residual: the output's shape, dtype and device.
-void check_residual(const char* op, const at::Tensor& residual, const at::Tensor& input,
-                    int64_t out_channels);
+// sliced_conv3x3's checks (the slice, the epilogue's residual or relu); returns whether
+// a residual is given.
+bool check_sliced_conv3x3(const at::Tensor& input, const at::Tensor& weight,
+                          const at::Tensor& bias, int64_t out_channels, int64_t in_channels,
+                          bool relu, const std::optional<at::Tensor>& residual);
 
 // The upsampler's checks; returns the weight rows it uses, channels * s * s.
 int64_t check_conv_pixel_shuffle(const char* op, const at::Tensor& input,

@@ -60,13 +60,8 @@ at::Tensor sliced_conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight
                                const at::Tensor& bias, int64_t out_channels, int64_t in_channels,
                                bool relu, const std::optional<at::Tensor>& residual,
                                double res_scale) {
-  constexpr const char* op = "sliced_conv3x3";
-  check_sliced_conv(op, input, weight, bias, out_channels, in_channels);
-  const bool has_residual = residual.has_value() && residual->defined();
-  TORCH_CHECK(!(relu && has_residual), op,
-              ": relu and residual cannot be combined (the epilogue is relu(conv) or "
-              "residual + res_scale * conv)");
-  if (has_residual) check_residual(op, *residual, input, out_channels);
+  const bool has_residual =
+      check_sliced_conv3x3(input, weight, bias, out_channels, in_channels, relu, residual);
   if (!igemm::supported(input, in_channels, out_channels)) {
     return sliced_conv3x3_composite(input, weight, bias, out_channels, in_channels, relu,
                                     residual, res_scale);
