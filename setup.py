@@ -1,8 +1,9 @@
 """Build csd_fast and its one extension module, csd_fast._C.
 
-CPU kernels are always compiled. CUDA kernels are compiled when torch was built with
-CUDA and a CUDA toolkit is found, or when CSD_FAST_CUDA=1 demands them (then a missing
-toolkit is an error). CSD_FAST_CUDA=0 forces a CPU-only build.
+CPU kernels are always compiled. CUDA kernels are compiled when CSD_FAST_CUDA=1 demands
+them (then a missing toolkit or cuDNN frontend is an error), or, with CSD_FAST_CUDA
+unset, when a GPU is visible and torch, a CUDA toolkit and the cuDNN frontend headers
+are all found. CSD_FAST_CUDA=0 forces a CPU-only build.
 """
 import glob
 import os
@@ -21,6 +22,9 @@ CPU_CAPABILITY_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c",
                "-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512"],
 }
+
+
+SUMMARY = []  # what is built and why: printed once, when the extension is compiled
 
 
 def log(msg):
@@ -54,7 +58,17 @@ def find_cuda_home():
 
 def pip_cuda_include_dirs():
     """Headers of the pip CUDA wheels (ATen's CUDA headers include cusparse.h, which a
-    runtime-only toolkit lacks). Looked for beside torch first: under pip's build
+    runtime-only toolkit lacks)."""
+    found = []
+    for root in pip_package_dirs():
+        for folder in sorted(glob.glob(os.path.join(root, "nvidia", "*", "include"))):
+            if os.path.exists(os.path.join(folder, "cusparse.h")) and folder not in found:
+                found.append(folder)
+    return found
+
+
+def pip_package_dirs():
+    """Folders that may hold pip-installed packages, torch's own first: under pip's build
     isolation torch lives in a temporary prefix that site.getsitepackages() omits."""
     import site
 
@@ -62,12 +76,30 @@ def pip_cuda_include_dirs():
 
     roots = [os.path.dirname(os.path.dirname(torch.__file__))]
     roots += site.getsitepackages() + [site.getusersitepackages()] + sys.path
-    found = []
-    for root in dict.fromkeys(roots):
-        for folder in sorted(glob.glob(os.path.join(root, "nvidia", "*", "include"))):
-            if os.path.exists(os.path.join(folder, "cusparse.h")) and folder not in found:
-                found.append(folder)
-    return found
+    return [r for r in dict.fromkeys(roots) if r and os.path.isdir(r)]
+
+
+def cudnn_dirs():
+    """(include, lib) of the cuDNN that torch's CUDA wheels bring (nvidia-cudnn-cu*)."""
+    for root in pip_package_dirs():
+        folder = os.path.join(root, "nvidia", "cudnn")
+        if os.path.exists(os.path.join(folder, "include", "cudnn.h")):
+            return os.path.join(folder, "include"), os.path.join(folder, "lib")
+    return None
+
+
+def cudnn_frontend_include():
+    """The header-only C++ graph API shipped by the nvidia-cudnn-frontend package."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files("nvidia-cudnn-frontend") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if str(f).replace(os.sep, "/").endswith("include/cudnn_frontend.h"):
+            return os.path.dirname(str(f.locate()))
+    return None
 
 
 def cuda_requested():
@@ -78,32 +110,35 @@ def cuda_requested():
 
 
 def configure_cuda():
-    """Decide whether to build CUDA kernels; set CUDA_HOME before cpp_extension reads it."""
+    """(CUDA kernels?, why not / what with). Sets CUDA_HOME before cpp_extension reads it."""
     flag = cuda_requested()
     if flag == "0":
-        log("CSD_FAST_CUDA=0: building CPU kernels only")
-        return False
+        return None, "CSD_FAST_CUDA=0"
     import torch
 
+    if flag == "" and not torch.cuda.is_available():
+        # compiling CUDA kernels takes minutes on a small machine: only where they can run
+        return None, "no GPU visible (CSD_FAST_CUDA=1 builds them anyway)"
     reason = None
     cuda_home = find_cuda_home()
+    cudnn = cudnn_dirs()
+    frontend = cudnn_frontend_include()
     if torch.version.cuda is None:
         reason = f"torch {torch.__version__} was built without CUDA"
     elif cuda_home is None:
         reason = "no CUDA toolkit found (set CUDA_HOME to a folder with bin/nvcc)"
+    elif cudnn is None:
+        reason = "no cuDNN headers beside torch (the nvidia-cudnn-cu* wheel)"
+    elif frontend is None:
+        reason = "the cuDNN frontend headers are missing: pip install nvidia-cudnn-frontend"
     if reason:
         if flag == "1":
             sys.exit(f"csd_fast build: CSD_FAST_CUDA=1 but {reason}")
-        log(f"{reason}: building CPU kernels only")
-        return False
+        return None, reason
     os.environ["CUDA_HOME"] = cuda_home
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
-    log(
-        f"building CPU and CUDA kernels (CUDA_HOME={cuda_home}, "
-        f"TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST', 'the local GPU')})"
-    )
-    return True
+    return dict(home=cuda_home, cudnn=cudnn, frontend=frontend), None
 
 
 def cpu_capability():
@@ -118,7 +153,6 @@ def cpu_capability():
     if not wanted:
         detected = torch.backends.cpu.get_cpu_capability()
         wanted = detected if detected in CPU_CAPABILITY_FLAGS else "DEFAULT"
-    log(f"CPU kernels for {wanted} (set CSD_FAST_CPU_CAPABILITY to change)")
     return wanted
 
 
@@ -134,45 +168,66 @@ def cuda_arch_label():
 
 
 def extensions():
-    with_cuda = configure_cuda()
+    cuda, no_cuda_reason = configure_cuda()
+    with_cuda = cuda is not None
     import torch
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     archs = ""
     if with_cuda:
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
         archs = cuda_arch_label()
     capability = cpu_capability()
+    if with_cuda:
+        SUMMARY.append(f"CPU kernels ({capability}) and CUDA kernels ({archs}; "
+                       f"CUDA_HOME={cuda['home']})")
+    else:
+        SUMMARY.append(f"CPU kernels ({capability}) only: {no_cuda_reason}")
     defines = [
         f'-DCSD_FAST_TORCH_VERSION="{torch.__version__}"',
         f'-DCSD_FAST_CUDA_ARCHS="{archs}"',
         f'-DCSD_FAST_CPU_CAPABILITY="{capability}"',
     ] + (["-DCSD_FAST_WITH_CUDA"] if with_cuda else [])
+    # csd_fast._C uses only CPython's stable ABI, so one wheel serves every Python >= 3.10
+    limited_api = ["-DPy_LIMITED_API=0x030A0000"]
     cxx = ["-O3", "-fdiagnostics-color=always"] + CPU_CAPABILITY_FLAGS[capability] + defines
     kwargs = dict(
         name="csd_fast._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": cxx},
+        extra_compile_args={"cxx": cxx + limited_api},
         py_limited_api=True,
     )
     if not with_cuda:
         return [CppExtension(**kwargs)]
-    kwargs["include_dirs"] += pip_cuda_include_dirs()
+    cudnn_include, cudnn_lib = cuda["cudnn"]
+    kwargs["include_dirs"] += pip_cuda_include_dirs() + [cudnn_include, cuda["frontend"]]
     kwargs["extra_compile_args"]["nvcc"] = ["-O3"] + defines
+    # the graph API calls cuDNN directly; torch has already loaded this very library
+    kwargs["library_dirs"] = [cudnn_lib]
+    kwargs["extra_link_args"] = ["-l:libcudnn.so.9"]
     return [CUDAExtension(**kwargs)]
 
 
 def build_ext_cmdclass():
     from torch.utils.cpp_extension import BuildExtension
 
-    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    base = BuildExtension.with_options(use_ninja=True)
+
+    class Build(base):
+        # pip runs this file once for metadata and once to build: say it at the build only
+        def run(self):
+            for line in SUMMARY:
+                log(line)
+            super().run()
+
+    return {"build_ext": Build}
 
 
 setup(
     packages=find_packages(include=["csd_fast", "csd_fast.*"]),
     ext_modules=extensions(),
     cmdclass=build_ext_cmdclass(),
-    options={"bdist_wheel": {"py_limited_api": "cp311"}},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

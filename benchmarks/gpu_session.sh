@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Everything a lent GPU session should do, in one call: build with CUDA kernels, run
-# the test suite (CUDA cases included), compute-sanitizer memcheck and racecheck over
-# small sets of the CUDA op tests (contrastive distance, and one call per tensor-core
-# conv configuration), the benchmark suite and the GPU baselines. Full logs go to $OUT
-# (default /tmp/csd_fast_gpu); a short summary is printed last.
+# the test suite (CUDA cases included), the GPU baselines (per layer and whole network,
+# against eager and torch.compile), compute-sanitizer memcheck over one call per CUDA
+# conv path and racecheck over the contrastive kernel, and the CUDA benchmark suite.
+# Full logs go to $OUT (default /tmp/csd_fast_gpu); a short summary is printed last.
 #   bash benchmarks/gpu_session.sh            (from the repository root)
+# Wheels the GPU image lacks travel in .whl/ (carry=[".whl"]): pypng and
+# nvidia-cudnn-frontend (the header-only cuDNN graph API the CUDA build needs), e.g.
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
+#     --platform any -d .whl pypng==0.20220715.0 nvidia-cudnn-frontend==1.28.0
 # The device tool stops a command at 10 minutes: every step runs under a timeout cut
 # to what is left of SESSION_BUDGET_S (default 500 s) so the summary and the log
 # archive are always written; a step with no time left is skipped and says so.
@@ -39,7 +44,7 @@ finish() {  # the device tool returns at most 8 files: pack the logs into one
 # (SIGSEGV) whenever a kernel throws c10::Error. The system compiler works.
 [ -x /usr/bin/g++ ] && export CC=/usr/bin/gcc CXX=/usr/bin/g++
 
-# Pure-Python packages the GPU image lacks (e.g. pypng) can travel as wheels in .whl/.
+# Packages the GPU image lacks travel as wheels in .whl/.
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl &&
         export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -48,7 +53,7 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
-if ! step build build.log 330 env CSD_FAST_CUDA=1 MAX_JOBS=16 \
+if ! step build build.log 200 env CSD_FAST_CUDA=1 MAX_JOBS=16 \
         python3 -m pip install -v --no-deps --no-build-isolation .; then
     tail -n 40 "$OUT/build.log"; printf '%s\n' "${summary[@]}"; finish; exit 1
 fi
@@ -56,29 +61,28 @@ grep -E "csrc/.*warning" "$OUT/build.log" | head -n 20 >"$OUT/build_warnings.txt
 # from outside the source tree, so the installed package is the one imported
 (cd /tmp && python3 -c "import csd_fast; print(csd_fast.build_info())") | tee "$OUT/build_info.txt"
 
-step tests tests.log 200 pytest tests -q -rs --durations=15
-# One pytest per tool over both sets (-k also matches module names): the contrastive
-# distance's CUDA cases, and test_kernel_configs_once, one small call per tensor-core
-# conv configuration and epilogue plus a cuDNN fallback, partial tiles everywhere
-# (racecheck leaves cuDNN out: its kernels are not ours to judge). Without the caching
-# allocator every tensor is its own cudaMalloc, so memcheck sees overruns past it
-# instead of into a neighbour in the same pool block.
-SANITIZED=(tests/test_sliced_conv_cuda.py tests/test_contrastive_distance.py)  # the conv set first
-step memcheck memcheck.log 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
-    compute-sanitizer --tool memcheck --error-exitcode 9 pytest "${SANITIZED[@]}" -q \
-    -k "(test_contrastive_distance and cuda and not compile) or kernel_configs_once"
-step racecheck racecheck.log 100 compute-sanitizer --tool racecheck --error-exitcode 9 \
-    pytest "${SANITIZED[@]}" -q \
-    -k "(test_contrastive_distance and cuda and forward_matches) or (kernel_configs_once and not fallback)"
-# baselines first: they hold the whole-network comparison (fused / eager / compile)
-step baselines baselines.log 150 python3 benchmarks/gpu_baselines.py --json "$OUT/baselines.json"
-step benchmarks bench.log 150 pytest benchmarks -q --benchmark-only -k cuda \
+# the conv ops and the CUDA-graph step first: what the baselines' numbers rest on
+step tests tests.log 170 pytest tests/test_sliced_conv_cuda.py tests/test_sliced_conv.py \
+    tests/test_train_step.py tests -q -rs --durations=15
+step baselines baselines.log 170 python3 benchmarks/gpu_baselines.py --max-autotune \
+    --json "$OUT/baselines.json"
+# Without the caching allocator every tensor is its own cudaMalloc, so memcheck sees a
+# graph that writes past its tensor (a wrong stride or offset) instead of into a
+# neighbour in the same pool block. The conv ops are cuDNN's kernels on our tensor
+# descriptors; racecheck only judges our own kernel, the contrastive distance.
+step memcheck memcheck.log 70 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
+    compute-sanitizer --tool memcheck --error-exitcode 9 pytest tests/test_sliced_conv_cuda.py \
+    tests/test_contrastive_distance.py -q \
+    -k "(test_contrastive_distance and cuda and not compile) or sanitizer_set"
+step racecheck racecheck.log 40 compute-sanitizer --tool racecheck --error-exitcode 9 \
+    pytest tests/test_contrastive_distance.py -q -k "cuda and forward_matches"
+step benchmarks bench.log 100 pytest benchmarks -q --benchmark-only -k cuda \
     --benchmark-json "$OUT/bench.json"
 [ -s "$OUT/bench.json" ] && python3 benchmarks/render_results.py "$OUT/bench.json" \
     --command "pytest benchmarks --benchmark-only -k cuda" >"$OUT/bench.md" 2>&1
 
 echo; [ -f "$OUT/bench.md" ] && cat "$OUT/bench.md"; echo
-grep -A 40 '^| case' "$OUT/baselines.log"
+sed -n '/^| layer/,$p' "$OUT/baselines.log"
 echo; grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/memcheck.log" "$OUT/racecheck.log"
 echo; cat "$OUT/build_warnings.txt"; grep -E "passed|failed|error" "$OUT/tests.log" | tail -n 3
 echo; printf '%s\n' "${summary[@]}"

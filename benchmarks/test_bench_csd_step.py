@@ -1,9 +1,12 @@
 """One CSD training step: student (width 0.25) and teacher forward, the full loss,
 backward and an Adam step, with peak memory on CUDA.
 
-fused: csd_fast's loss (each negative's VGG features once, the fused distance op).
-reference: the reference code's formulation, which runs VGG on the negatives repeated
-to B x K images and pairs them with repeated anchors.
+fused: the trainer's step (csd_fast.train.step.TrainStep): fused convolutions, csd_fast's
+loss (each negative's VGG features once, the fused distance op) and, on CUDA in bf16,
+channels-last tensors and the whole step replayed from a CUDA graph.
+reference: the reference backend and the reference code's loss formulation, which runs
+VGG on the negatives repeated to B x K images and pairs them with repeated anchors,
+eagerly (under the same bf16 autocast in the bf16 rows).
 """
 import os
 
@@ -13,6 +16,8 @@ import torch.nn.functional as F
 
 from csd_fast import EDSRCSD
 from csd_fast.losses import CSDLoss, load_vgg19, make_negatives
+from csd_fast.train.step import TrainStep
+from csd_fast.train.trainer import StageForward
 
 from conftest import run_benchmark
 
@@ -44,34 +49,58 @@ def setup(device):
     return model, vgg, lr, hr
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference"])
-def test_csd_training_step(benchmark, device, impl):
-    model, vgg, lr, hr = setup(device)
-    model.backend = "fused" if impl == "fused" else "reference"
-    fused_loss = CSDLoss(vgg, neg_num=10)
+def fused_step(model, vgg, lr, hr, amp_dtype):
+    """The trainer's step; a CUDA graph in the bf16 CUDA rows."""
+    cuda = lr.device.type == "cuda"
+    if cuda:
+        model.to(memory_format=torch.channels_last)
+        lr = lr.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    benchmark.group = f"csd_step {device.type} B16 K10 HR{hr.size(-1)} " + \
+    step = TrainStep(StageForward(model, "csd", 0.25), list(model.parameters()),
+                     CSDLoss(vgg, neg_num=10), optimizer,
+                     torch.amp.GradScaler(lr.device.type, enabled=False), 4, amp_dtype, None,
+                     check_finite=lambda terms: None, use_graph=cuda and amp_dtype is not None)
+    return lambda: step(lr, hr, torch.Generator().manual_seed(2))["total"]
+
+
+def reference_step(model, vgg, lr, hr, amp_dtype):
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(lr.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            student, teacher = model(lr, 0.25), model(lr, 1.0)
+            loss = reference_loss(vgg, student.float(), teacher.float(), hr, lr, 4, 10,
+                                  torch.Generator().manual_seed(2))
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_csd_training_step(benchmark, device, impl, precision):
+    if precision == "bf16" and device.type != "cuda":
+        pytest.skip("bf16 autocast rows are CUDA's")
+    model, vgg, lr, hr = setup(device)
+    fused_loss = CSDLoss(vgg, neg_num=10)
+    benchmark.group = f"csd_step {device.type} {precision} B16 K10 HR{hr.size(-1)} " + \
         ("EDSR" if device.type == "cuda" else "EDSR-baseline")
 
-    def loss_of(seed):
-        gen = torch.Generator().manual_seed(seed)
-        student, teacher = model(lr, 0.25), model(lr, 1.0)
-        if impl == "fused":
-            return fused_loss(student, teacher, hr, lr, 4, gen)["total"]
-        return reference_loss(vgg, student, teacher, hr, lr, 4, 10, gen)
-
     with torch.no_grad():  # both formulations give one loss before anything is timed
+        model.backend = "fused"
         gen_a, gen_b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
         student, teacher = model(lr, 0.25), model(lr, 1.0)
         a = fused_loss(student, teacher, hr, lr, 4, gen_a)["total"]
         b = reference_loss(vgg, student, teacher, hr, lr, 4, 10, gen_b)
         torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=0)
 
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_of(2)
-        loss.backward()
-        optimizer.step()
-        return loss
-
-    run_benchmark(benchmark, step, device, rounds=3, measure_memory=True)
+    model.backend = "fused" if impl == "fused" else "reference"
+    amp_dtype = torch.bfloat16 if precision == "bf16" else None
+    step = (fused_step if impl == "fused" else reference_step)(model, vgg, lr, hr, amp_dtype)
+    first = step()
+    assert torch.isfinite(first), first
+    run_benchmark(benchmark, step, device, rounds=3 if device.type == "cpu" else 10,
+                  warmup=5 if device.type == "cuda" else 1, measure_memory=True)

@@ -1,4 +1,4 @@
-"""The sliced-conv ops in bf16 on the GPU, where they run the tensor-core kernel, at the
+"""The sliced-conv ops in bf16 on the GPU, where they run fused cuDNN graphs, at the
 shapes of EDSR x4 at width 0.25 (64 of 256 channels) on a 480x270 LR image:
 
 - residual_block: the 32 blocks of the body, 64 channels at 270x480;

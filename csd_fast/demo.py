@@ -134,6 +134,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     from .metrics import psnr
     from .train.config import load_config
     from .train.curves import read_log, training_curves
+    from .train.runlog import tensorboard_missing
     from .train.trainer import train
 
     start = time.perf_counter()
@@ -159,6 +160,11 @@ def run_demo(args: argparse.Namespace) -> dict:
     print(f"  held-out images: {', '.join(p.name for p in held_files)}")
     print("  NOTE: the contrastive loss uses a VGG19 with RANDOM weights (no download); real CSD "
           "training uses torchvision's pretrained VGG19 (vgg_weights=...).")
+    # said once here rather than by each of the two training runs
+    no_tensorboard = tensorboard_missing()
+    if no_tensorboard is not None:
+        print(f"  NOTE: TensorBoard logging is off: {no_tensorboard} (`pip install tensorboard` to "
+              "turn it on); each run's log.csv has the same scalars.")
     if args.lr > 1e-4:
         print(f"  NOTE: lr {args.lr:g} is higher than the recipe's 1e-4 so that {args.iterations} + "
               f"{args.csd_iterations} iterations already beat bicubic; use `csd-fast train` for real training.")
@@ -171,7 +177,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         common = dict(scale=SCALE, n_feats=N_FEATS, n_resblocks=N_RESBLOCKS, width=STUDENT_WIDTH,
                       train_data=str(train_dir), val_data=str(held_dir), lr_patch=args.patch,
                       batch=args.batch, lr=args.lr, decay_gamma=0.2, device=args.device,
-                      seed=args.seed, progress=not args.quiet)
+                      seed=args.seed, progress=not args.quiet, tensorboard=no_tensorboard is None)
 
         def schedule(n: int) -> dict:
             # lr drops for the last quarter; 4 validations and ~25 log rows per stage for the curves
@@ -252,7 +258,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     print(f"wrote {out / 'side_by_side.png'}, {out / 'training_curves.png'}, {out / 'results.json'}, "
           f"runs in {runs}")
     print(f"try the student: csd-fast upscale IMAGE -o out/ --checkpoint {runs / 'csd' / 'best.safetensors'} "
-          f"--width {STUDENT_WIDTH:g}")
+          f"(it records width {STUDENT_WIDTH:g}, which upscale uses by default)")
     return report
 
 

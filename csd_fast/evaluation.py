@@ -1,5 +1,5 @@
 """The SR field's evaluation protocol on benchmark folders, with a bicubic row beside
-the model's (GUIDE section 1, "Evaluation protocol")."""
+the model's (docs/method.md, section 4)."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ._atomic import atomic_write_bytes
 from .archs import EDSRCSD
-from .data import SRFolder, imresize, write_png
+from .data import SRFolder, imresize, read_image, write_png
 from .inference import upscale
 from .metrics import psnr, quantize_uint8, ssim
 
@@ -55,9 +55,13 @@ def evaluate(
             raise ValueError(f"the model upscales x{model.scale} but --scale is {scale}")
         model = model.to(device).eval()
         model.channels(width)  # validates width before any image is read
+    # every folder found and its headers read before any work; with a progress bar, every
+    # image decoded too, so that a broken file is an error of its own and not one after a bar
+    datasets = [SRFolder(root, scale) for root in data]
+    if progress:
+        _decode_all(datasets)
     results = {}
-    for root in data:
-        dataset = SRFolder(root, scale)
+    for dataset in datasets:
         rows = []
         bar = tqdm(total=len(dataset), desc=f"{dataset.name} x{scale}", disable=not progress,
                    unit="img", leave=False)
@@ -83,6 +87,15 @@ def evaluate(
             summary["model"] = _means(rows, "")
         results[dataset.name] = summary
     return results
+
+
+def _decode_all(datasets: list[SRFolder]) -> None:
+    """Raise the ImageReadError of the first image that does not decode."""
+    for dataset in datasets:
+        for pair in dataset.pairs:
+            for path in (pair.hr_path, pair.lr_path):
+                if path is not None:
+                    read_image(path)
 
 
 def _means(rows: list[dict], prefix: str) -> dict:

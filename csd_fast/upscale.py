@@ -23,6 +23,14 @@ class UnreadableImage(ValueError):
     pass
 
 
+def _unreadable(path: Path, err: BaseException) -> UnreadableImage:
+    # pypng's messages already start with their class name ("FormatError: ..."); don't repeat it
+    detail, kind = str(err), type(err).__name__
+    if not detail.startswith(kind):
+        detail = f"{kind}: {detail}"
+    return UnreadableImage(f"{path}: not a readable image ({detail})")
+
+
 @dataclass
 class Picture:
     color: torch.Tensor  # (C, H, W) float64 in [0, 1], C = 1 (grey) or 3
@@ -46,11 +54,26 @@ def read_picture(path: Path) -> Picture:
                 pixels = np.asarray(im, dtype=np.float64) / 255
             planes, bitdepth = pixels.shape[2], 8
     except Exception as err:  # PIL and pypng raise many types for broken files
-        raise UnreadableImage(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
+        raise _unreadable(path, err) from err
     data = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
     has_alpha = planes in (2, 4)
     color = data[:-1] if has_alpha else data
     return Picture(color, data[-1:] if has_alpha else None, bitdepth)
+
+
+def check_readable(path: Path) -> None:
+    """Raise UnreadableImage unless path reads, before any work starts. A PNG's chunks are
+    walked by pypng, read_picture's reader, which checks every chunk's CRC (catching damaged
+    and truncated pixel data without decoding it); other formats are decoded by PIL, in C."""
+    try:
+        if path.suffix.lower() == ".png":
+            for _ in png.Reader(filename=str(path)).chunks():
+                pass
+        else:
+            with Image.open(path) as im:
+                im.load()
+    except Exception as err:  # as in read_picture
+        raise _unreadable(path, err) from err
 
 
 def write_picture(path: Path, picture: Picture) -> None:
@@ -100,3 +123,37 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
             raise ValueError(f"{stems[f.stem]} and {f} would both be written as {f.stem}.png")
         stems[f.stem] = f
     return files
+
+
+def plan_outputs(files: list[Path], folder: Path, overwrite: bool = False) -> list[tuple[Path, Path]]:
+    """(input, output PNG) pairs, refused before any work when an output would replace an input
+    (the same file, however named: links, ../, case-insensitive names) or, without overwrite,
+    any other existing file."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"-o {folder}: exists and is not a folder")
+    plan = [(f, folder / f"{f.stem}.png") for f in files]
+    inputs = {_file_id(f): f for f in files}
+    clashes = [(out, inputs[_file_id(out)]) for _, out in plan if out.exists() and _file_id(out) in inputs]
+    if clashes:
+        shown = _some(f"{out}" if str(out) == str(inp) else f"{out} (the input {inp})" for out, inp in clashes)
+        raise FileExistsError(f"refusing to overwrite input image(s) {shown}: inputs are never replaced; "
+                              "choose another -o folder")
+    folders = [out for _, out in plan if out.is_dir()]
+    if folders:
+        raise IsADirectoryError(f"{folders[0]} is a folder; the upscaled image cannot be written there")
+    existing = [out for _, out in plan if out.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{len(existing)} output file(s) already exist ({_some(map(str, existing))}); "
+                              "pass --overwrite to replace them or choose another -o folder")
+    return plan
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_dev, stat.st_ino
+
+
+def _some(items, n: int = 3) -> str:
+    items = list(items)
+    more = f" and {len(items) - n} more" if len(items) > n else ""
+    return ", ".join(items[:n]) + more

@@ -1,18 +1,29 @@
-// Channel-sliced 3x3 convolutions of the EDSR body, shared by every device.
+// What the three channel-sliced conv ops share across devices: their input checks, the
+// packed-weight cache, and the ATen pieces their compositions are built from.
 //
-// All three ops run a 3x3, stride-1, zero-padded convolution over input channels
-// [:in_channels] with the weight prefix weight[:out, :in_channels] and bias[:out] of a
-// full-size layer, the way one set of EDSR weights serves every width. They compute in
+// Every op runs a 3x3, stride-1, zero-padded convolution over input channels
+// [:in_channels] with the prefix weight[:out, :in_channels] and bias[:out] of a full-size
+// layer, the way one set of EDSR weights serves every width. They compute in
 // channels-last (NHWC), where oneDNN and cuDNN are fastest, and return the layout the
 // caller gave: channels-last input gives channels-last output, anything else NCHW.
+//
+// Weights and biases come in the input's dtype, or in float32 for a bfloat16/float16
+// input (a mixed-precision model's master weights): the packed prefix is cast once and
+// cached, and gradients come back in the weight's dtype.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <array>
 #include <optional>
+#include <tuple>
+#include <vector>
 
 namespace csd_fast {
+
+constexpr auto kChannelsLast = at::MemoryFormat::ChannelsLast;
+
+// ---- checks (sliced_conv_common.cpp) --------------------------------------------------
 
 void check_sliced_conv(const char* op, const at::Tensor& input, const at::Tensor& weight,
                        const std::optional<at::Tensor>& bias, int64_t out_channels,
@@ -24,16 +35,102 @@ bool check_sliced_conv3x3(const at::Tensor& input, const at::Tensor& weight,
                           const at::Tensor& bias, int64_t out_channels, int64_t in_channels,
                           bool relu, const std::optional<at::Tensor>& residual);
 
+void check_residual_block(const char* op, const at::Tensor& input, const at::Tensor& weight1,
+                          const std::optional<at::Tensor>& bias1, const at::Tensor& weight2,
+                          const std::optional<at::Tensor>& bias2, int64_t channels);
+
 // The upsampler's checks; returns the weight rows it uses, channels * s * s.
 int64_t check_conv_pixel_shuffle(const char* op, const at::Tensor& input,
                                  const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                  int64_t channels, int64_t in_channels, int64_t upscale_factor);
 
+void check_grad_output(const char* op, const at::Tensor& grad, const at::Tensor& input,
+                       at::IntArrayRef expected);
+
 // The layout outputs and input gradients are returned in.
 at::MemoryFormat caller_format(const at::Tensor& input);
 
-// The ATen compositions (oneDNN on CPU, cuDNN on CUDA). The CPU kernels are these;
-// the CUDA kernels fall back to them where no tensor-core kernel applies.
+// ---- packed weights (weight_cache.cpp) ------------------------------------------------
+
+// How a weight (or bias) prefix is packed for a convolution: rows [:out_channels],
+// input channels [:in_channels], multiplied by `scale` (res_scale folded into the conv),
+// cast to `dtype`, weights channels-last contiguous. With shuffle = s > 1 the rows
+// c*s*s + i*s + j of an upsampler are reordered to (i*s + j)*C + c, so that each
+// sub-pixel phase (i, j) owns a contiguous block of C rows.
+struct PackSpec {
+  int64_t out_channels;
+  int64_t in_channels;
+  double scale;
+  int64_t shuffle;
+  at::ScalarType dtype;
+};
+
+// The packed (out, in, 3, 3) weight and (out,) bias. While the cache is on, kept per
+// source tensor and spec and repacked when the source's version counter moves (an
+// in-place update through autograd-visible ops); changes made through `.data` bypass
+// that counter, which is why the cache is off unless a caller switches it on.
+at::Tensor packed_weight(const at::Tensor& weight, const PackSpec& spec);
+at::Tensor packed_bias(const at::Tensor& bias, const PackSpec& spec);
+// Returns the previous state; switching off drops every entry.
+bool set_weight_cache_enabled(bool enabled);
+void clear_weight_cache();
+// {hits, misses, entries}
+std::vector<int64_t> weight_cache_stats();
+
+// The packed weight's gradient (rows in packed order, scaled) as the gradient of the
+// source prefix (out, in, 3, 3) / (out,) in the source's dtype.
+at::Tensor unpack_weight_grad(const at::Tensor& grad_packed, const at::Tensor& weight,
+                              const PackSpec& spec);
+at::Tensor unpack_bias_grad(const at::Tensor& grad_packed, const at::Tensor& bias_like,
+                            const PackSpec& spec);
+
+// ---- ATen pieces of the compositions (sliced_conv_common.cpp) -------------------------
+
+// input[:, :in_channels] as an NHWC tensor (a view when it already is one).
+at::Tensor input_prefix_nhwc(const at::Tensor& input, int64_t in_channels);
+
+at::Tensor conv3x3(const at::Tensor& x, const at::Tensor& weight,
+                   const std::optional<at::Tensor>& bias);
+
+// grad_input (mask[0]) and grad_weight / grad_bias (mask[1], mask[2]) of conv3x3; each
+// undefined when not asked for.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward(const at::Tensor& grad,
+                                                                const at::Tensor& x,
+                                                                const at::Tensor& weight,
+                                                                std::array<bool, 3> mask);
+
+// The gradient of the channel prefix, placed in a tensor of the input's full shape.
+at::Tensor full_input_grad(const at::Tensor& grad_prefix, const at::Tensor& input);
+
+at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like);
+
+// The view of an NHWC (N, C, s*H, s*W) tensor that holds sub-pixel row phase i as an
+// (N, s*C, H, W) tensor whose channel j*C + c is output channel c at (s*h + i, s*w + j):
+// offset i*s*W*C, strides (n, 1, s*s*W*C, s*C). A conv whose rows are in (i, j, c) order
+// (PackSpec::shuffle) writes the pixel-shuffled image through s such views.
+at::Tensor shuffle_phase(const at::Tensor& shuffled_nhwc, int64_t s, int64_t i);
+
+// The pixel shuffle of an (N, s*s*C, H, W) conv output with rows in (i, j, c) order,
+// copied phase by phase through shuffle_phase views; channels-last (N, C, s*H, s*W).
+at::Tensor pixel_shuffle_phases(const at::Tensor& conv, int64_t upscale_factor);
+
+// ---- residual_block's pieces both devices use (residual_block.cpp) -------------------
+
+// How the block packs conv1 (scale 1) and conv2 (scale res_scale).
+PackSpec block_spec(const at::Tensor& input, int64_t channels, double scale);
+void check_residual_block_backward(const at::Tensor& grad_output, const at::Tensor& input,
+                                   const at::Tensor& hidden, const at::Tensor& weight1,
+                                   const at::Tensor& weight2, int64_t channels);
+// The op's five results from the packed convolutions' gradients (undefined: not asked
+// for): grad_x (NHWC, the block's channels) placed in the input's full shape, weight and
+// bias gradients unpacked to their prefixes.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_block_grads(
+    const at::Tensor& input, const at::Tensor& weight1, const at::Tensor& weight2,
+    int64_t channels, double res_scale, const at::Tensor& grad_x, const at::Tensor& grad_w1,
+    const at::Tensor& grad_b1, const at::Tensor& grad_w2, const at::Tensor& grad_b2);
+
+// ---- the compositions (one per op file): CPU's kernels, CUDA's fallbacks --------------
+
 at::Tensor sliced_conv3x3_composite(const at::Tensor& input, const at::Tensor& weight,
                                     const at::Tensor& bias, int64_t out_channels,
                                     int64_t in_channels, bool relu,

@@ -298,6 +298,54 @@ def test_own_format_round_trip(tmp_path: Path):
         assert torch.equal(run(loaded, x, width), run(model, x, width))
 
 
+def test_default_width_round_trip(tmp_path: Path):
+    model = small_model()
+    path = save_checkpoint(model, tmp_path / "student.safetensors", default_width=0.25)
+    assert read_metadata(path)["default_width"] == "0.25"
+    loaded = load_checkpoint(path)
+    assert loaded.default_width == 0.25
+    # a loaded model saved again keeps the width it was trained for; an argument overrides it
+    assert load_checkpoint(save_checkpoint(loaded, tmp_path / "again.safetensors")).default_width == 0.25
+    assert load_checkpoint(save_checkpoint(loaded, tmp_path / "half.safetensors",
+                                           default_width=0.5)).default_width == 0.5
+
+
+def test_no_default_width_without_one_stored():
+    # files written before default_width existed, and other layouts, do not say
+    assert load_checkpoint(edsr_pytorch_state(2)).default_width is None
+
+
+def test_no_default_width_in_an_older_file(tmp_path: Path):
+    path = save_checkpoint(small_model(), tmp_path / "old.safetensors", metadata={"width": "0.25"})
+    assert "default_width" not in read_metadata(path)
+    assert load_checkpoint(path).default_width is None
+
+
+@pytest.mark.parametrize("width, message", [
+    (0.0, r"default_width: width must be in \(0, 1\]"), (1.5, r"default_width: width must be in \(0, 1\]"),
+    (0.05, "default_width: width 0.05 gives int.* = 0 channels"),
+    ("half", "default_width: width must be a number"),
+])
+def test_bad_default_width_is_refused_on_save(tmp_path: Path, width, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        save_checkpoint(small_model(), tmp_path / "m.safetensors", default_width=width)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_default_width_is_reserved_metadata(tmp_path: Path):
+    with pytest.raises(ValueError, match="'default_width' is reserved"):
+        save_checkpoint(small_model(), tmp_path / "m.safetensors", metadata={"default_width": "0.5"})
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "2.5", "nan"])
+def test_damaged_default_width_is_an_error(tmp_path: Path, text):
+    path = save_checkpoint(small_model(), tmp_path / "m.safetensors", default_width=0.5)
+    tensors = safetensors.torch.load_file(path)
+    safetensors.torch.save_file(tensors, path, metadata={**read_metadata(path), "default_width": text})
+    with pytest.raises(ValueError, match=rf"damaged header: default_width='{text}' is not a width"):
+        load_checkpoint(path)
+
+
 def test_own_format_overrides_and_structure_checks(tmp_path: Path):
     path = save_checkpoint(small_model(), tmp_path / "m.safetensors")
     assert load_checkpoint(path, res_scale=1.0).res_scale == 1.0
@@ -366,7 +414,7 @@ def test_missing_corrupt_and_truncated_files(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="nothere.pth"):
         load_checkpoint(tmp_path / "nothere.pth")
     garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(b"not a checkpoint at all")
+    garbage.write_bytes(b"\x80\x02garbage after a pickle header")
     with pytest.raises(ValueError, match="garbage.pth.*corrupt or truncated"):
         load_checkpoint(garbage)
     good = save_checkpoint(small_model(), tmp_path / "good.safetensors")
@@ -379,6 +427,29 @@ def test_missing_corrupt_and_truncated_files(tmp_path: Path):
     zipped.write_bytes(zipped.read_bytes()[:300])
     with pytest.raises(ValueError, match="cut.pth.*corrupt or truncated"):
         load_checkpoint(zipped)
+
+
+@pytest.mark.parametrize("name, content, why", [
+    ("notes.txt", b"hello world\n", r"it starts with b'hello world\\n'"),
+    ("README.md", b"# A project\n\nSome text\n", r"it starts with b'# A project"),
+    ("page.pth", b"<!DOCTYPE html><html>Not Found</html>", r"it starts with b'<!DOCTYPE html>"),
+    ("model.pth", b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 12\n",
+     "it is a Git LFS pointer.*`git lfs pull`"),
+    ("empty.pt", b"", "the file is empty"),
+])
+def test_a_file_that_is_no_checkpoint_says_so(tmp_path: Path, name, content, why):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"^not a checkpoint: .*{name} is neither .*\({why}"):
+        load_checkpoint(path)
+
+
+def test_legacy_torch_save_format_is_still_read(tmp_path: Path):
+    sd = edsr_pytorch_state(2)
+    path = tmp_path / "old.pt"
+    torch.save(sd, path, _use_new_zipfile_serialization=False)
+    x = image()
+    assert_close(run(load_checkpoint(path), x), edsr_pytorch_forward(sd, x, 2))
 
 
 CALLED: list = []

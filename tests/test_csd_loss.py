@@ -1,4 +1,4 @@
-"""CSD loss against the reference formula written out here (GUIDE section 1)."""
+"""CSD loss against the reference formula written out here (docs/method.md, section 2)."""
 import pytest
 import torch
 import torch.nn.functional as F

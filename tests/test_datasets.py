@@ -1,5 +1,4 @@
 """Dataset folders in every supported layout, image decoding, and the errors for bad input."""
-import os
 from pathlib import Path
 
 import numpy as np
@@ -7,12 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
+from _data import dataset_dir, external_dir, external_root, needs, param
 from csd_fast.data import (DatasetError, ImageReadError, SRFolder, find_pairs, imresize, read_image,
                            write_png)
-
-DATA = Path(os.environ.get("CSD_FAST_BENCHMARK_DATA",
-                           Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmarks"))
-needs_data = pytest.mark.skipif(not (DATA / "Set5").is_dir(), reason=f"benchmark data not found at {DATA}")
 
 # Odd sizes, so cropping HR to a multiple of the scale matters.
 HR_SIZES = {"bird": (37, 29), "car": (26, 41), "dog": (31, 31)}
@@ -142,21 +138,37 @@ def test_other_image_formats_in_hr_folder(tmp_path):
             assert torch.equal(hr, torch.from_numpy(pixels).permute(2, 0, 1)), name
 
 
-@needs_data
-@pytest.mark.parametrize("name,count", [("Set5", 5), ("Set14", 14)])
+# Set5 ships in tests/data in the EDSR-PyTorch benchmark layout (one HR per image);
+# Set14 comes from outside the repository in the SelfExSR layout (see tests/_data.py).
+@pytest.mark.parametrize("name,count,layout", [param("Set5", 5, "edsr_benchmark"),
+                                               param("Set14", 14, "selfexsr")])
 @pytest.mark.parametrize("scale", [2, 3, 4])
-def test_real_benchmarks(name, count, scale):
-    data = SRFolder(DATA / name, scale)
-    assert data.layout == "selfexsr" and data.name == name and len(data) == count
+def test_real_benchmarks(name, count, layout, scale):
+    data = SRFolder(dataset_dir(name), scale)
+    assert data.layout == layout and data.name == name and len(data) == count
     assert [p.name for p in data.pairs] == [f"img_{i:03d}" for i in range(1, count + 1)]
     _, lr, hr = data[0]
     assert hr.shape == (3, lr.shape[1] * scale, lr.shape[2] * scale)
 
 
-@needs_data
+@pytest.mark.data
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.skipif(external_dir("Set5") is None,
+                    reason=f"no Set5 at {external_root() / 'Set5'} to compare the bundled copy with")
+def test_bundled_set5_is_the_selfexsr_set5(scale):
+    """The one HR per image in tests/data, cropped to the scale, and the LR beside it are
+    pixel for pixel the per-scale SelfExSR files they were taken from."""
+    bundled, original = SRFolder(dataset_dir("Set5"), scale), SRFolder(external_dir("Set5"), scale)
+    assert original.layout == "selfexsr" and len(bundled) == len(original) == 5
+    for (name, lr, hr), (name_o, lr_o, hr_o) in zip(bundled, original):
+        assert name == name_o and torch.equal(lr, lr_o) and torch.equal(hr, hr_o), name
+
+
+@needs("Set14")
 def test_real_greyscale_image_comes_back_as_rgb():
-    assert Image.open(DATA / "Set14" / "image_SRF_2" / "img_003_SRF_2_HR.png").mode == "L"
-    name, lr, hr = SRFolder(DATA / "Set14", 2)[2]
+    set14 = dataset_dir("Set14")
+    assert Image.open(set14 / "image_SRF_2" / "img_003_SRF_2_HR.png").mode == "L"
+    name, lr, hr = SRFolder(set14, 2)[2]
     assert name == "img_003" and hr.shape[0] == lr.shape[0] == 3
     assert torch.equal(hr[0], hr[1]) and torch.equal(hr[0], hr[2])
 
@@ -337,16 +349,17 @@ def test_opening_a_folder_reads_headers_only(tmp_path, monkeypatch):
     assert [p.name for p in decoded] == ["car_SRF_2_HR.png", "car_SRF_2_LR.png"]
 
 
-@needs_data
-@pytest.mark.parametrize("scale", [2, 4])
+@pytest.mark.parametrize("scale", [2, 3, 4])
 def test_hr_folder_reproduces_the_published_lr_files(tmp_path, scale):
-    """An HR-only folder of Set5 yields exactly the MATLAB-made LR shipped beside it."""
+    """An HR-only folder of Set5 yields exactly the MATLAB-made LR shipped beside it
+    (at x3 after cropping the HR to a multiple of 3)."""
     import shutil
 
-    shipped = sorted((DATA / "Set5" / f"image_SRF_{scale}").glob("*_HR.png"))
+    set5 = dataset_dir("Set5")
+    shipped = sorted((set5 / "HR").glob("*.png"))
     for hr in shipped:
-        shutil.copy(hr, tmp_path / hr.name.replace("_HR", ""))
+        shutil.copy(hr, tmp_path / hr.name)
     folder = SRFolder(tmp_path, scale, layout="hr_folder")
     assert len(folder) == len(shipped) == 5
     for (name, lr, _), hr in zip(folder, shipped):
-        assert torch.equal(lr, read_image(str(hr).replace("_HR.png", "_LR.png"))), name
+        assert torch.equal(lr, read_image(set5 / "LR_bicubic" / f"X{scale}" / f"{hr.stem}x{scale}.png")), name

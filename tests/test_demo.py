@@ -1,6 +1,7 @@
 """csd-fast demo: a tiny end-to-end run on generated images, and its clear errors."""
 import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -46,13 +47,25 @@ def test_demo_end_to_end_on_own_data(tmp_path, capsys):
         assert im.size == (720, 830)  # both stages in one figure: L1, contrastive, PSNR panels
         colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
     assert {TEACHER_COLOUR, STUDENT_COLOUR} <= colours
-    # the student checkpoint loads like any other
+    # the student checkpoint loads like any other, and says which width it is for
     import csd_fast
     model = csd_fast.load_checkpoint(out / "runs" / "csd" / "best.safetensors")
-    assert model.scale == 2
+    assert model.scale == 2 and model.default_width == demo.STUDENT_WIDTH
     # a second run into the same folder refuses rather than mixing runs
     assert cli_main(["demo", "--data", str(data), "--output", str(out), *TINY]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_missing_tensorboard_is_said_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if not installed
+    data = smooth_images(tmp_path / "data", 2)
+    out = tmp_path / "out"
+    assert cli_main(["demo", "--data", str(data), "--output", str(out), *TINY, "--iterations", "1",
+                     "--csd-iterations", "1"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("TensorBoard logging is off") == 1 and "pip install tensorboard" in text
+    assert (out / "runs" / "csd" / "log.csv").is_file()
+    assert not (out / "runs" / "teacher" / "tensorboard").exists()
 
 
 def test_too_few_images_is_a_clear_error(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""EDSRCSD against a re-implementation written here from GUIDE section 1."""
+"""EDSRCSD against a re-implementation written here from docs/method.md, section 1."""
 import math
 
 import pytest
@@ -16,8 +16,8 @@ def shuffle(x, s):
     return x.reshape(n, c // (s * s), h * s, w * s)
 
 
-def guide_forward(params, x, *, scale, blocks, res_scale, width, n_feats, rgb_range=255.0):
-    """EDSR at width ratio `width` from a name -> (weight, bias) table (GUIDE section 1)."""
+def written_out_forward(params, x, *, scale, blocks, res_scale, width, n_feats, rgb_range=255.0):
+    """EDSR at width ratio `width` from a name -> (weight, bias) table (docs/method.md, section 1)."""
     w = int(n_feats * width)
 
     def conv(t, name, n_out, n_in):
@@ -60,11 +60,11 @@ WIDTHS = [1.0, 0.5, 0.25, 0.3]
 @pytest.mark.parametrize("backend", ["reference", "fused"])
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("width", WIDTHS)
-def test_forward_matches_guide(backend, scale, width):
+def test_forward_matches_the_written_out_network(backend, scale, width):
     model = random_model(scale, backend=backend)
     x = torch.rand(2, 3, 7, 9, dtype=torch.float64) * 255
     got = model(x, width)
-    want = guide_forward(params_of(model), x, scale=scale, blocks=3, res_scale=0.5,
+    want = written_out_forward(params_of(model), x, scale=scale, blocks=3, res_scale=0.5,
                          width=width, n_feats=16)
     assert got.shape == (2, 3, 7 * scale, 9 * scale)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-8)

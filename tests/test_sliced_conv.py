@@ -219,6 +219,10 @@ def bad_calls():
     wu, bu = torch.randn(32, 8, 3, 3), torch.randn(32)
     return [
         ("dtype", lambda: ops.sliced_conv3x3(x.double(), w, b, 8, 8), "dtype"),
+        ("half weight, float input",
+         lambda: ops.sliced_conv3x3(x, w.bfloat16(), b.bfloat16(), 8, 8), "does not go with"),
+        ("bias dtype", lambda: ops.sliced_conv3x3(x.bfloat16(), w, b.bfloat16(), 8, 8),
+         "the weight's dtype"),
         ("integer", lambda: ops.sliced_conv3x3(x.long(), w.long(), b.long(), 8, 8), "floating"),
         ("3-D input", lambda: ops.sliced_conv3x3(x[0], w, b, 8, 8), "4-D"),
         ("out beyond weight", lambda: ops.sliced_conv3x3(x, w, b, 9, 8), "out_channels 9"),
@@ -249,3 +253,98 @@ def test_device_mismatch_is_a_clear_error(device):
     x = torch.randn(1, 8, 5, 5, device=device)
     with pytest.raises(RuntimeError, match="weight is on cpu"):
         ops.sliced_conv3x3(x, torch.randn(8, 8, 3, 3), torch.randn(8, device=device), 8, 8)
+
+
+def mixed_calls(x, w1, b1, w2, b2, up_w, up_b, res):
+    """Each op's output for a low-precision input; parameters as given."""
+    return [
+        ops.sliced_conv3x3(x, w1, b1, 6, 5, relu=True),
+        ops.sliced_conv3x3(x, w1, b1, 6, 5, residual=res, res_scale=0.3),
+        ops.residual_block(x, w1, b1, w2, b2, 6, 0.5),
+        ops.conv3x3_pixel_shuffle(x, up_w, up_b, 3, 5, 2),
+    ]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_float32_master_weights_with_a_low_precision_input(dtype, device):
+    """float32 parameters with a bf16/fp16 input (a mixed-precision model's master
+    weights): the same output as weights cast to the input's dtype first, and gradients
+    in float32, landing in the prefix."""
+    x = torch.randn(2, 8, 5, 7, device=device).to(dtype).contiguous(memory_format=CL)
+    res = torch.randn(2, 6, 5, 7, device=device).to(dtype).contiguous(memory_format=CL)
+    params32 = [t.float().to(device) for t in (*params(8, 8), *params(8, 8), *params(16, 8))]
+    leaves = [leaf(t) for t in params32]
+    got = mixed_calls(x, *leaves, res)
+    cast = [leaf(t.to(dtype)) for t in params32]
+    want = mixed_calls(x, *cast, res)
+    eps = torch.finfo(dtype).eps
+    for g, w in zip(got, want):
+        assert g.dtype == dtype
+        # res_scale meets the weight before its rounding to dtype, not after: an ulp apart
+        torch.testing.assert_close(g.float(), w.float(), rtol=2 * eps,
+                                   atol=2 * eps * w.float().abs().max().item())
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=0)  # no scale: the very same
+    grads = torch.autograd.grad(sum(g.float().sum() for g in got), leaves)
+    want_grads = torch.autograd.grad(sum(w.float().sum() for w in want), cast)
+    for g, w, p in zip(grads, want_grads, params32):
+        assert g.dtype == torch.float32 and g.shape == p.shape
+        torch.testing.assert_close(g, w.float(), rtol=2e-2, atol=2e-2 * w.float().abs().max().item())
+    rows = grads[0].abs().sum(dim=(1, 2, 3))
+    assert rows[6:].max() == 0 and rows[:6].min() > 0  # sliced_conv3x3 read rows [:6] only
+
+
+def test_pixel_shuffle_phases_matches_pixel_shuffle(device):
+    """The phase views the CUDA upsampler writes through: a conv output with rows in
+    sub-pixel order (i, j, c), copied phase by phase, is the pixel shuffle of the same
+    output in PyTorch's order (c, i, j)."""
+    for s, c, h, w in [(2, 3, 4, 5), (3, 2, 3, 7), (2, 1, 1, 1), (4, 2, 2, 3)]:
+        natural = torch.randn(2, c * s * s, h, w, dtype=D, device=device)
+        phase_order = natural.reshape(2, c, s * s, h, w).transpose(1, 2).reshape(2, -1, h, w)
+        got = torch.ops.csd_fast.pixel_shuffle_phases(phase_order, s)
+        assert got.is_contiguous(memory_format=CL)
+        torch.testing.assert_close(got, F.pixel_shuffle(natural, s), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="s\\*s\\*C"):
+        torch.ops.csd_fast.pixel_shuffle_phases(torch.randn(1, 6, 2, 2), 2)
+
+
+def test_weight_cache_is_off_by_default_and_sees_in_place_updates():
+    w, b = (t.detach() for t in params(8, 8))
+    x = torch.randn(1, 8, 6, 6, dtype=D)
+
+    def run():
+        return ops.sliced_conv3x3(x, w, b, 6, 5, residual=x[:, :6], res_scale=0.5)
+
+    ops.clear_weight_cache()
+    run()
+    assert ops.weight_cache_stats() == {"hits": 0, "misses": 0, "entries": 0}
+    with ops.cached_weights():
+        first = run()
+        torch.testing.assert_close(run(), first, rtol=0, atol=0)
+        stats = ops.weight_cache_stats()
+        assert stats["hits"] == 2 and stats["misses"] == 2 and stats["entries"] == 2, stats
+        with torch.no_grad():
+            w.mul_(2)  # an in-place update that autograd sees: repacked
+            b.mul_(2)
+        doubled = run()
+        torch.testing.assert_close(doubled - x[:, :6], 2 * (first - x[:, :6]))
+        assert ops.weight_cache_stats()["misses"] == 4
+        # a new width is a new entry; a dead source's entry is never served again
+        ops.sliced_conv3x3(x, w, b, 4, 4)
+        assert ops.weight_cache_stats()["entries"] == 4
+    assert ops.weight_cache_stats()["entries"] == 0  # leaving the block drops everything
+    # outside the block a change through .data is seen at once (nothing is cached)
+    w.data.mul_(0.5)
+    b.data.mul_(0.5)
+    torch.testing.assert_close(run(), first)
+
+
+def test_weight_cache_never_serves_a_dead_tensor_s_pack():
+    x = torch.randn(1, 4, 5, 5, dtype=D)
+    with ops.cached_weights():
+        outs = []
+        for scale in (1.0, 3.0):  # the second pair may reuse the first pair's memory
+            w = torch.full((4, 4, 3, 3), scale, dtype=D)
+            b = torch.full((4,), scale, dtype=D)
+            outs.append(ops.sliced_conv3x3(x, w, b, 4, 4))
+            del w, b
+        torch.testing.assert_close(outs[1], 3 * outs[0])

@@ -1,10 +1,13 @@
-"""CUDA sliced-conv ops: the tensor-core kernels (bf16/fp16, csrc/cuda/conv3x3_igemm.cu)
-and the cuDNN fallbacks, against the plain-PyTorch references run in float64.
+"""CUDA sliced-conv ops: the fused cuDNN graphs (bf16/fp16: conv -> bias -> ReLU /
+residual, the upsampler writing the shuffled layout, the block's dgrad with its ReLU
+mask) and ATen's cuDNN convolution (fp32, fp64, the fallbacks), against the
+plain-PyTorch references run in float64.
 
 Every tensor is random (normal), weights are full-size layers of which the op must read
 only the prefix, and inputs come NCHW, channels-last, channels-last with spare channels
-beyond in_channels, and non-contiguous. The profiler tells which path ran, so a silent
-fallback to cuDNN fails the path tests. Skipped without a GPU and the CUDA kernels."""
+beyond in_channels, and non-contiguous. Numbers are checked first; then the graph
+counters (csd_fast.ops.cudnn_graph_stats) tell which path ran, so a silent fallback to
+ATen fails the path tests. Skipped without a GPU and the CUDA kernels."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -19,20 +22,16 @@ CUDA_READY = torch.cuda.is_available() and csd_fast.build_info()["cuda"]
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not CUDA_READY, reason="needs a CUDA GPU and CUDA kernels")]
 
-TC_KERNEL = "conv3x3_igemm_kernel"
 LOW = [torch.bfloat16, torch.float16]
 # Unit roundoff (half an ulp at 1) of each dtype. Low-precision results may be off by 4:
-# the kernel rounds once from fp32, and residual_block's hidden once more before conv2.
+# the graph rounds once from fp32, res_scale folded into the weight rounds it once, and
+# residual_block's hidden is rounded once more before conv2.
 # fp32/fp64 (cuDNN, TF32 off) get 1024 for summation order over up to 2304 products.
 EPS = {dt: torch.finfo(dt).eps / 2 for dt in (torch.bfloat16, torch.float16, torch.float32,
                                               torch.float64)}
 WIDE_UNITS = 1024
 LAYOUTS = ["contiguous", "channels_last", "strided", "channels_last+8", "channels_last+4"]
 SHAPES = [(1, 1, 1), (3, 7, 33), (1, 33, 7)]  # (N, H, W): odd sizes, partial tiles
-
-
-def tc_expected():
-    return torch.cuda.get_device_capability() >= (8, 0)
 
 
 def make_input(n, channels, h, w, dtype, layout):
@@ -71,20 +70,17 @@ def assert_close(got, want, dtype, units=4):
     assert worst <= tol, f"max error {worst:.3g} of scale exceeds {tol:.3g} ({units} unit roundoffs of {dtype})"
 
 
-def cuda_kernel_names(fn):
-    """Runs fn under the profiler; returns its result and the names of the kernels it ran."""
-    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=activities) as prof:
-        out = fn()
-        torch.cuda.synchronize()
-    names = {e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA}
-    if not names:
-        pytest.skip("the profiler recorded no CUDA kernels here (no CUPTI?)")
-    return out, names
+def graph_counts() -> dict:
+    return csd_fast.ops.cudnn_graph_stats()
 
 
-def ran_tensor_cores(names):
-    return any(TC_KERNEL in name for name in names)
+def counted(fn):
+    """fn's result and how the graph counters moved while it ran."""
+    before = graph_counts()
+    out = fn()
+    torch.cuda.synchronize()
+    after = graph_counts()
+    return out, {k: after[k] - before[k] for k in after}
 
 
 # --------------------------------------------------------------------------- sliced_conv3x3
@@ -95,8 +91,8 @@ CONV_WIDTHS = {
     "w32of64": (32, 32, 64, 64),
     "w64of64": (64, 64, 64, 64),
     "w256of256": (256, 256, 256, 256),
-    "tail3of64": (3, 64, 3, 256),  # EDSR's tail: 3 outputs on the narrow tile
-    "o40i24of64": (40, 24, 64, 64),  # partial column tile, 24 = 3 chunks of 8
+    "tail3of64": (3, 64, 3, 256),  # EDSR's tail: 3 outputs, a bias too short to align
+    "o40i24of64": (40, 24, 64, 64),
 }
 
 
@@ -174,8 +170,8 @@ SHUFFLE_WIDTHS = {
     "x2w64of64": (64, 64, 4 * 64, 64, 2),
     "x2w256of256": (256, 256, 4 * 256, 256, 2),
     "x3w16of64": (16, 16, 9 * 64, 64, 3),
-    "x2c3": (3, 16, 12, 16, 2),  # 12 columns: the narrow tile, odd channel count
-    "x3c5": (5, 24, 9 * 8, 32, 3),  # channels not dividing the 16/32/64 column tiles
+    "x2c3": (3, 16, 12, 16, 2),  # odd channel count: the phase views lose alignment
+    "x3c5": (5, 24, 9 * 8, 32, 3),
 }
 
 
@@ -217,33 +213,62 @@ def conv_call(op, dtype, in_c=64, layout="channels_last"):
 
 
 OPS = ["sliced_conv3x3", "residual_block", "conv3x3_pixel_shuffle"]
+# graphs one call runs: one conv; the block's two convs; the upsampler's two row phases
+GRAPHS_PER_CALL = {"sliced_conv3x3": 1, "residual_block": 2, "conv3x3_pixel_shuffle": 2}
 
 
 @pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("dtype", LOW)
-def test_low_precision_runs_on_tensor_cores(op, dtype):
-    if not tc_expected():
-        pytest.skip("the tensor-core kernel needs sm_80+")
+def test_low_precision_runs_fused_graphs(op, dtype):
     fused, reference = conv_call(op, dtype)
-    got, names = cuda_kernel_names(fused)
-    assert ran_tensor_cores(names), f"{op} {dtype} did not run {TC_KERNEL}: {sorted(names)}"
+    fused()  # the first call builds the plans
+    got, moved = counted(fused)
     assert_close(got, reference(), dtype)
+    assert moved["fallbacks"] == 0 and moved["runs"] == GRAPHS_PER_CALL[op], moved
+    assert moved["built"] == 0, f"the plan cache missed on a repeated call: {moved}"
 
 
 @pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("case", ["float32", "float64", "in_channels_12", "in_channels_3"])
-def test_fallback_paths_match_reference(op, case):
-    """fp32/fp64, and channel counts the kernel cannot copy in 16-byte chunks (EDSR's
-    3-channel head), take the cuDNN compositions and still match the reference."""
+@pytest.mark.parametrize("case", ["float32", "float64", "switched_off", "in_channels_3"])
+def test_other_paths_match_reference(op, case, monkeypatch):
+    """fp32/fp64 and CSD_FAST_CUDNN_GRAPH=0 take ATen's cuDNN convolution; EDSR's
+    3-channel head runs the graph or falls back per call; all match the reference."""
     dtype = {"float32": torch.float32, "float64": torch.float64}.get(case, torch.bfloat16)
-    in_c = {"in_channels_12": 12, "in_channels_3": 3}.get(case, 64)
+    in_c = 3 if case == "in_channels_3" else 64
     if op == "residual_block" and in_c == 3:
-        in_c = 4  # a block maps channels to channels; 4 is below one 8-channel chunk
+        in_c = 4  # a block maps channels to channels
+    if case == "switched_off":
+        monkeypatch.setenv("CSD_FAST_CUDNN_GRAPH", "0")
     fused, reference = conv_call(op, dtype, in_c=in_c)
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        got, names = cuda_kernel_names(fused)
-    assert not ran_tensor_cores(names), f"{case} should not reach {TC_KERNEL}"
+        got, moved = counted(fused)
     assert_close(got, reference(), dtype, units=4 if dtype in LOW else WIDE_UNITS)
+    if case != "in_channels_3":
+        assert moved["runs"] == 0 and moved["fallbacks"] == 0, moved
+
+
+def test_graph_and_aten_paths_agree(monkeypatch):
+    """The same bf16 call through the graphs and through ATen: within bf16 rounding."""
+    for op in OPS:
+        fused, reference = conv_call(op, torch.bfloat16)
+        graph = fused()
+        monkeypatch.setenv("CSD_FAST_CUDNN_GRAPH", "0")
+        aten = fused()
+        monkeypatch.delenv("CSD_FAST_CUDNN_GRAPH")
+        want = reference()
+        assert_close(graph, want, torch.bfloat16)
+        assert_close(aten, want, torch.bfloat16)
+
+
+def test_upsampler_writes_the_shuffled_layout_directly():
+    """Row phase i of the shuffled output, as the strided view the conv writes through,
+    holds output channel c of sub-pixel (i, j) at channel j*C + c."""
+    x = make_input(1, 64, 6, 10, torch.bfloat16, "channels_last")
+    weight, bias = make_layer(4 * 64, 64, torch.bfloat16)
+    got, moved = counted(lambda: conv3x3_pixel_shuffle(x, weight, bias, 64, 64, 2))
+    want = conv3x3_pixel_shuffle_reference(*as64(x, weight, bias), 64, 64, 2)
+    assert_close(got, want, torch.bfloat16)
+    assert moved["runs"] == 2, f"the strided-output graph was not taken: {moved}"
 
 
 # --------------------------------------------------------------------------- opcheck, grads
@@ -320,19 +345,18 @@ def test_gradients_match_reference(dtype, op, layout):
 
 
 @pytest.mark.parametrize("case", [
-    ("sliced_conv3x3", (3, 64, 3, 64), "none"),       # narrow tile, 3 of 16 columns
-    ("sliced_conv3x3", (32, 16, 64, 64), "relu"),     # medium tile, half a k-step
-    ("sliced_conv3x3", (64, 64, 64, 64), "residual"),  # wide tile
-    ("sliced_conv3x3", (72, 40, 80, 48), "none"),     # partial second column tile
+    ("sliced_conv3x3", (3, 64, 3, 64), "none"),       # the tail: unaligned bias, fallback
+    ("sliced_conv3x3", (32, 16, 64, 64), "relu"),
+    ("sliced_conv3x3", (64, 64, 64, 64), "residual"),
     ("residual_block", (16, 64), None),
-    ("conv3x3_pixel_shuffle", (16, 16, 64, 16, 2), None),
-    ("conv3x3_pixel_shuffle", (3, 16, 27, 16, 3), None),
+    ("conv3x3_pixel_shuffle", (16, 16, 64, 16, 2), None),  # strided phase outputs
+    ("conv3x3_pixel_shuffle", (3, 16, 27, 16, 3), None),   # phase-copy fallback
     ("fallback_fp32", (16, 16, 16, 16), "relu"),
 ], ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[1]))}-{c[2]}")
-def test_kernel_configs_once(case):
-    """One small call per kernel configuration and epilogue, partial tiles everywhere
-    (5x13 pixels): the set benchmarks/gpu_session.sh runs under compute-sanitizer. The
-    references run on the CPU so the sanitizers only watch csd_fast's kernels."""
+def test_sanitizer_set(case):
+    """One small call per path (5x13 pixels, backward included), the set
+    benchmarks/gpu_session.sh runs under compute-sanitizer memcheck: a wrong stride or
+    offset in a graph's tensors writes outside its buffer. References run on the CPU."""
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         got, want, dtype = run_config_case(*case)
     assert_close(got.cpu(), want, dtype, units=4 if dtype in LOW else WIDE_UNITS)
@@ -340,15 +364,15 @@ def test_kernel_configs_once(case):
 
 def run_config_case(op, sizes, epilogue):
     dtype = torch.float32 if op == "fallback_fp32" else torch.bfloat16
-    x = make_input(1, 64, 5, 13, dtype, "channels_last")
+    x = make_input(1, 64, 5, 13, dtype, "channels_last").requires_grad_()
     if op in ("sliced_conv3x3", "fallback_fp32"):
         out_c, in_c, rows, cols = sizes
         weight, bias = make_layer(rows, cols, dtype)
         res = torch.randn(1, out_c, 5, 13, device="cuda").to(dtype) if epilogue == "residual" else None
         got = sliced_conv3x3(x, weight, bias, out_c, in_c, relu=epilogue == "relu", residual=res,
                              res_scale=0.5)
-        want = sliced_conv3x3_reference(*as64(x.cpu(), weight.cpu(), bias.cpu()), out_c, in_c,
-                                        relu=epilogue == "relu",
+        want = sliced_conv3x3_reference(*as64(x.detach().cpu(), weight.cpu(), bias.cpu()), out_c,
+                                        in_c, relu=epilogue == "relu",
                                         residual=None if res is None else res.cpu().double(),
                                         res_scale=0.5)
     elif op == "residual_block":
@@ -356,21 +380,24 @@ def run_config_case(op, sizes, epilogue):
         w1, b1 = make_layer(full, full, dtype)
         w2, b2 = make_layer(full, full, dtype)
         got = residual_block(x, w1, b1, w2, b2, c, 0.1)
-        want = residual_block_reference(*as64(*(t.cpu() for t in (x, w1, b1, w2, b2))), c, 0.1)
+        want = residual_block_reference(*as64(*(t.detach().cpu() for t in (x, w1, b1, w2, b2))),
+                                        c, 0.1)
     else:
         c, in_c, rows, cols, s = sizes
         weight, bias = make_layer(rows, cols, dtype)
         got = conv3x3_pixel_shuffle(x, weight, bias, c, in_c, s)
-        want = conv3x3_pixel_shuffle_reference(*as64(x.cpu(), weight.cpu(), bias.cpu()), c, in_c, s)
+        want = conv3x3_pixel_shuffle_reference(*as64(x.detach().cpu(), weight.cpu(), bias.cpu()),
+                                               c, in_c, s)
+    got.backward(torch.randn_like(got))
     torch.cuda.synchronize()
-    return got, want, dtype
+    return got.detach(), want, dtype
 
 
 # --------------------------------------------------------------------------- errors, model
 
 
 def test_errors_match_the_composite():
-    """The tensor-core path rejects what the composites reject, with the same messages."""
+    """The CUDA kernels reject what the composites reject, with the same messages."""
     x = make_input(1, 16, 4, 4, torch.bfloat16, "channels_last")
     weight, bias = make_layer(16, 16, torch.bfloat16)
     with pytest.raises(RuntimeError, match="relu and residual cannot be combined"):
@@ -382,7 +409,7 @@ def test_errors_match_the_composite():
     with pytest.raises(RuntimeError, match="out_channels 32 is outside"):
         sliced_conv3x3(x, weight, bias, 32, 16)
     with pytest.raises(RuntimeError, match="weight dtype"):
-        residual_block(x, weight.half(), bias, weight, bias, 16)
+        residual_block(x, weight.half(), bias.half(), weight, bias, 16)
     with pytest.raises(RuntimeError, match="channels \\* s \\* s|outside the weight"):
         conv3x3_pixel_shuffle(x, weight, bias, 8, 16, 2)
 

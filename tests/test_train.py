@@ -1,4 +1,5 @@
-"""Training: config handling, each stage, checkpoints, exact resume after SIGKILL, non-finite stop."""
+"""Training: config handling, each stage, checkpoints, exact resume after SIGKILL, non-finite stop,
+failed runs leaving nothing behind, and what amp, channels_last and grad_clip change."""
 from __future__ import annotations
 
 import csv
@@ -14,11 +15,12 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from csd_fast.checkpoint import load_checkpoint
 from csd_fast.losses import CSDLoss
 from csd_fast.train import (KILL_AFTER_ENV, ConfigError, NonFiniteLossError, TrainConfig, load_config,
-                            train)
+                            train, trainer)
 from csd_fast.cli import main as cli_main
 from csd_fast.train.curves import STUDENT_COLOUR, TEACHER_COLOUR
 
@@ -55,7 +57,34 @@ def test_defaults_are_the_reference_recipe():
     assert (c.scale, c.preset, c.width, c.neg_num, c.lambda_c, c.lambda_t) == (4, "edsr-baseline", 0.25, 10, 200, 1)
     assert (c.t_detach, c.exclude_self, c.lr_patch, c.batch, c.lr) == (True, False, 48, 16, 1e-4)
     assert (c.betas, c.eps, c.decay_every, c.decay_gamma, c.iterations) == ((0.9, 0.999), 1e-8, 200_000, 0.1, 400_000)
-    assert (c.amp, c.channels_last, c.grad_clip, c.seed, c.random_vgg) == (None, False, None, 0, False)
+    assert (c.grad_clip, c.seed, c.random_vgg) == (None, 0, False)
+    # numerics follow the device unless set: see test_numerics_follow_the_device
+    assert (c.amp, c.channels_last, c.cuda_graph) == ("auto", None, None)
+
+
+def test_numerics_follow_the_device(monkeypatch):
+    from csd_fast.train.config import ConfigError
+    from csd_fast.train.trainer import resolve_numerics
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    auto = TrainConfig()
+    got = resolve_numerics(auto, cpu, 1)
+    assert (got.amp, got.channels_last, got.cuda_graph, got.amp_dtype) == (None, False, False, None)
+    got = resolve_numerics(auto, cuda, 1)
+    assert (got.amp, got.channels_last, got.cuda_graph, got.amp_dtype) == ("bf16", True, True,
+                                                                           torch.bfloat16)
+    assert "bf16 autocast, channels-last, CUDA-graph steps" == got.describe()
+    assert resolve_numerics(auto, cuda, 2).cuda_graph is False  # DDP: eager
+    assert resolve_numerics(TrainConfig(amp="fp16"), cuda, 1).cuda_graph is False
+    off = resolve_numerics(TrainConfig(amp=None, channels_last=False, cuda_graph=False), cuda, 1)
+    assert (off.amp, off.channels_last, off.cuda_graph) == (None, False, False)
+    on_cpu = resolve_numerics(TrainConfig(amp="bf16", channels_last=True), cpu, 1)
+    assert (on_cpu.amp, on_cpu.channels_last, on_cpu.cuda_graph) == ("bf16", True, False)
+    with pytest.raises(ConfigError, match="cuda_graph: cannot be on here: DDP"):
+        resolve_numerics(TrainConfig(cuda_graph=True), cuda, 2)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_numerics(auto, cuda, 1).amp is None  # a GPU without bf16
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -105,7 +134,10 @@ def test_each_stage_runs(images, tmp_path, stage):
     best = torch.load(out / "best.pt", weights_only=True)
     assert best["iteration"] == int(best_row["iteration"]) == result["best_iteration"]
     assert best["val"]["val_psnr_student"] == pytest.approx(float(best_row["val_psnr_student"]))
-    assert load_checkpoint(out / "best.safetensors").n_feats == 8
+    best_model = load_checkpoint(out / "best.safetensors")
+    assert best_model.n_feats == 8
+    # eval/upscale run it at the width it was picked for: the student's, or 1 for a teacher
+    assert best_model.default_width == (1.0 if stage == "teacher" else 0.5)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["random_vgg"] is True and saved["stage"] == stage
     assert load_config(out / "config.yaml") == cfg
@@ -134,8 +166,109 @@ def test_cli_runs_train(images, tmp_path):
     path.write_text(yaml.safe_dump({**TINY, "train_data": images, "out_dir": str(tmp_path / "o")}))
     assert cli_main(["train", "--config", str(path), "stage=teacher", "--set", "iterations=2"]) == 0
     assert torch.load(tmp_path / "o" / "last.pt", weights_only=True)["iteration"] == 2
-    with pytest.raises(SystemExit, match="batch"):
-        cli_main(["train", "--config", str(path), "batch=0"])
+
+
+def test_cli_exit_status_config_error_is_2_failed_run_is_1(images, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "o"
+    common = [f"train_data={images}", f"out_dir={out}", "stage=teacher", "n_feats=8", "n_resblocks=1",
+              "scale=2", "lr_patch=8", "batch=4", "progress=false", "tensorboard=false"]
+    assert cli_main(["train", *common, "batch=0"]) == 2
+    assert capsys.readouterr().err == "csd-fast train: config error: batch: must be >= 1, got 0\n"
+    assert cli_main(["train", *common, "lamda_c=5"]) == 2
+    assert "lamda_c: unknown config key" in capsys.readouterr().err
+    monkeypatch.setattr(CSDLoss, "forward", lambda self, *a, **k: {"total": torch.tensor(float("nan"))})
+    assert cli_main(["train", *common]) == 1
+    assert "csd-fast train: error: non-finite loss at iteration 1" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# --- a failed run leaves nothing behind -----------------------------------------------------
+
+@pytest.mark.parametrize("content, message", [
+    (None, r"train_data: dataset folder .*data does not exist"),
+    ([], r"train_data: dataset folder .*data is empty"),
+    (["notes.txt"], r"train_data: .*data matches no known dataset layout"),
+])
+def test_bad_train_data_fails_before_out_dir_exists(images, tmp_path, capsys, content, message):
+    data = tmp_path / "data"
+    if content is not None:
+        data.mkdir()
+        for name in content:
+            (data / name).write_text("not an image")
+    out = tmp_path / "runs" / "new"
+    with pytest.raises(ConfigError, match=message):
+        train(tiny(images, out, train_data=str(data)))
+    assert not (tmp_path / "runs").exists()
+    assert cli_main(["train", f"train_data={data}", f"out_dir={out}"]) == 2
+    assert capsys.readouterr().err.startswith("csd-fast train: config error: train_data: ")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_val_data_and_out_dir_fail_before_anything_is_written(images, tmp_path):
+    with pytest.raises(ConfigError, match="val_data: dataset folder .*nowhere does not exist"):
+        train(tiny(images, tmp_path / "run", val_data=str(tmp_path / "nowhere")))
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ConfigError, match="out_dir: .*file exists and is not a folder"):
+        train(tiny(images, tmp_path / "file", val_data=None))
+
+
+def test_training_image_too_small_fails_before_out_dir_exists(images, tmp_path):
+    with pytest.raises(ValueError, match="smaller than the 24x24 LR patch"):
+        train(tiny(images, tmp_path / "runs" / "new", lr_patch=24))
+    assert not (tmp_path / "runs").exists()
+
+
+def poison_loss_from(monkeypatch, iteration: int) -> None:
+    """The loss becomes NaN from the given (1-based) call of CSDLoss.forward on."""
+    real, calls = CSDLoss.forward, {"n": 0}
+
+    def poisoned(self, *args, **kwargs):
+        terms = real(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] >= iteration:
+            terms["total"] = terms["total"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(CSDLoss, "forward", poisoned)
+
+
+def test_run_failing_before_its_first_checkpoint_removes_it(images, tmp_path, monkeypatch, capsys):
+    poison_loss_from(monkeypatch, 3)  # after 2 logged iterations, before the checkpoint at 4
+    out = tmp_path / "runs" / "new"
+    with pytest.raises(NonFiniteLossError, match="none written yet"):
+        train(tiny(images, out, stage="teacher", iterations=8, checkpoint_every=4, val_data=None))
+    assert not (tmp_path / "runs").exists()  # out_dir and the parent made for it
+    assert "removed what it had written" in capsys.readouterr().err
+
+
+def test_failed_run_keeps_what_out_dir_held_before(images, tmp_path, monkeypatch):
+    poison_loss_from(monkeypatch, 1)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    with pytest.raises(NonFiniteLossError):
+        train(tiny(images, out, stage="teacher", iterations=4, val_data=None))
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_failed_resume_keeps_the_run(images, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(tiny(images, out, stage="teacher", iterations=2, checkpoint_every=2, val_data=None))
+    before = sorted(p.name for p in out.iterdir())
+    poison_loss_from(monkeypatch, 1)
+    with pytest.raises(NonFiniteLossError, match=r"last\.pt \(iteration 2\)"):
+        train(tiny(images, out, stage="teacher", iterations=4, checkpoint_every=2, val_data=None), resume=True)
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert torch.load(out / "last.pt", weights_only=True)["iteration"] == 2
+
+
+def test_failed_run_with_a_best_checkpoint_is_kept(images, tmp_path, monkeypatch):
+    poison_loss_from(monkeypatch, 2)  # validation at 1 wrote best.*, last.pt not yet written
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLossError):
+        train(tiny(images, out, stage="teacher", iterations=4, val_every=1, checkpoint_every=4))
+    assert (out / "best.pt").is_file() and (out / "log.csv").is_file()
 
 
 # --- TensorBoard ------------------------------------------------------------------------------
@@ -255,7 +388,90 @@ def test_amp_channels_last_and_clipping_run(images, tmp_path, amp):
     result = train(tiny(images, tmp_path / "run", stage="csd", iterations=2, amp=amp,
                         channels_last=True, grad_clip=1.0, val_data=None))
     assert all(np.isfinite(v) for v in result["terms"].values())
-    assert "scaler" in torch.load(result["last"], weights_only=True)
+
+
+def watch_network(monkeypatch) -> list[dict]:
+    """What each forward of the network being trained sees: its input's memory format, its
+    weights' and its output's dtype (a hook on the network: its convs run as functions)."""
+    seen: list[dict] = []
+    real = trainer.build_model
+
+    def record(model, args, output):
+        x, weight = args[0], model.head.weight
+        seen.append({"input_channels_last": not x.is_contiguous()
+                     and x.is_contiguous(memory_format=torch.channels_last),
+                     "weights_channels_last": not weight.is_contiguous()
+                     and weight.is_contiguous(memory_format=torch.channels_last),
+                     "output": output.dtype})
+
+    def build(cfg):
+        model = real(cfg)
+        model.register_forward_hook(record)
+        return model
+
+    monkeypatch.setattr(trainer, "build_model", build)
+    return seen
+
+
+@pytest.mark.parametrize("amp, dtype", [(None, torch.float32), ("bf16", torch.bfloat16),
+                                        ("fp16", torch.float16)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_amp_and_channels_last_reach_the_network(images, tmp_path, monkeypatch, amp, dtype, channels_last):
+    seen = watch_network(monkeypatch)
+    train(tiny(images, tmp_path / "run", stage="teacher", iterations=2, amp=amp,
+               channels_last=channels_last, val_data=None, tensorboard=False))
+    assert len(seen) == 2
+    assert all(s["output"] == dtype for s in seen)
+    assert all(s["input_channels_last"] == s["weights_channels_last"] == channels_last for s in seen)
+
+
+def grad_norms_at_each_step(run) -> list[float]:
+    """The total gradient norm the optimizer steps with, at every step of run()."""
+    norms: list[float] = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))))
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        run()
+    finally:
+        handle.remove()
+    return norms
+
+
+@pytest.mark.parametrize("amp", [None, "fp16"])
+def test_grad_clip_bounds_the_gradient_the_optimizer_steps_with(images, tmp_path, amp):
+    def run(name, clip):
+        return lambda: train(tiny(images, tmp_path / name, stage="teacher", iterations=3, amp=amp,
+                                  grad_clip=clip, val_data=None, tensorboard=False))
+
+    free = grad_norms_at_each_step(run("free", None))
+    assert len(free) == 3 and min(free) > 0.1  # unclipped gradients are far above the bound
+    clipped = grad_norms_at_each_step(run("clipped", 1e-3))
+    # under fp16 the grad scaler's skipped steps never reach the optimizer; the rest must be
+    # unscaled before clipping, or the step would see 1e-3 / scale
+    assert len(clipped) >= 1
+    assert clipped == pytest.approx([1e-3] * len(clipped), rel=1e-4)
+
+
+def test_fp16_grad_scaler_state_is_saved_and_restored_on_resume(images, tmp_path):
+    out = tmp_path / "run"
+    common = dict(stage="teacher", amp="fp16", checkpoint_every=2, val_data=None, tensorboard=False)
+    train(tiny(images, out, iterations=2, **common))
+    scaler = torch.load(out / "last.pt", weights_only=True)["scaler"]
+    # the scaler was used: its growth tracker counts the steps taken since the scale last changed
+    assert scaler["scale"] == 2.0 ** 16 and scaler["_growth_tracker"] == 2
+    train(tiny(images, out, iterations=4, **common), resume=True)
+    # restored on resume, it counts on from 2; a fresh scaler would say 2 again
+    assert torch.load(out / "last.pt", weights_only=True)["scaler"]["_growth_tracker"] == 4
+
+
+def test_no_grad_scaler_state_without_fp16(images, tmp_path):
+    result = train(tiny(images, tmp_path / "run", stage="teacher", iterations=1, amp="bf16",
+                        val_data=None, tensorboard=False))
+    assert torch.load(result["last"], weights_only=True)["scaler"] == {}
 
 
 def test_loader_workers_see_the_same_batches(images, tmp_path):
@@ -270,5 +486,5 @@ def test_resume_refuses_a_different_run_and_bad_val_data(images, tmp_path):
     with pytest.raises(ValueError, match="width: .*must keep it"):
         train(tiny(images, tmp_path / "run", stage="teacher", iterations=4, width=0.25, val_data=None),
               resume=True)
-    with pytest.raises(Exception, match="nowhere"):
+    with pytest.raises(ConfigError, match="val_data: .*nowhere"):
         train(tiny(images, tmp_path / "other", stage="teacher", val_data=str(tmp_path / "nowhere")))

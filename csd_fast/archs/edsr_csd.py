@@ -2,7 +2,7 @@
 
 One set of weights serves every width ratio r in (0, 1]: at r the network runs
 w = int(n_feats * r) channels and every conv uses the prefix weight[:out, :in] and
-bias[:out] of its full-width weight (GUIDE section 1). Pixel shuffle maps input
+bias[:out] of its full-width weight (docs/method.md, section 1). Pixel shuffle maps input
 channel c*s*s + j to output channel c, so the first s*s*w upsampler channels become
 exactly the first w shuffled channels and the prefix stays valid through upsampling.
 """
@@ -72,7 +72,8 @@ class EDSRCSD(nn.Module):
     backend="reference" runs plain PyTorch ops and is the oracle of every test;
     backend="fused" runs every convolution through csd_fast's sliced-conv ops
     (channels-last, fused epilogues, conv + pixel shuffle in one op). The default,
-    None, picks "fused" when the compiled extension is loaded, else "reference".
+    None, picks "fused" where the compiled kernels can run here, else "reference"
+    with one warning that says why.
     """
 
     def __init__(
@@ -138,7 +139,7 @@ class EDSRCSD(nn.Module):
     @backend.setter
     def backend(self, value: str | None) -> None:
         if value is None:
-            value = "fused" if _extension.available() else "reference"
+            value = _extension.default_backend()
         if value not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
         if value == "fused":
@@ -236,15 +237,17 @@ class EDSRCSD(nn.Module):
         for up, s in zip(self.upsampler, self.factors):
             feat = ops.conv3x3_pixel_shuffle(feat, *params(up), w, w, s)
         tail_weight, tail_bias = params(self.tail)
-        tail_bias = tail_bias[:3] + self.shift.view(3).to(params.dtype)
+        tail_bias = tail_bias[:3] + self.shift.view(3).to(tail_bias.dtype)
         if scale_out != 1.0:
             tail_weight, tail_bias = tail_weight[:3] * scale_out, tail_bias * scale_out
         return ops.sliced_conv3x3(feat, tail_weight, tail_bias, 3, w)
 
 
 class _ParamCast:
-    """A conv's (weight, bias) in the dtype the fused ops run in: the input's, or
-    autocast's where autocast is on (custom ops get no autocast of their own)."""
+    """A conv's (weight, bias) for the fused ops, which run in the input's dtype or
+    autocast's where autocast is on (custom ops get no autocast of their own). float32
+    parameters of a bfloat16/float16 run go in as they are: the ops cast only the prefix
+    they read, and return its gradient in float32."""
 
     def __init__(self, x: torch.Tensor):
         device = x.device.type
@@ -254,4 +257,6 @@ class _ParamCast:
             self.dtype = x.dtype
 
     def __call__(self, conv: nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor]:
+        if conv.weight.dtype == torch.float32 and self.dtype in (torch.bfloat16, torch.float16):
+            return conv.weight, conv.bias
         return conv.weight.to(self.dtype), conv.bias.to(self.dtype)

@@ -1,12 +1,14 @@
 """Reading and writing checkpoint files.
 
 The project's own format is one .safetensors file: the EDSRCSD weights, and in the
-header metadata the hyper-parameters that rebuild the model. Other files go through
+header metadata the hyper-parameters that rebuild the model and, optionally, the width
+the weights are meant to run at (a CSD student's). Other files go through
 torch.load(weights_only=True) only, so loading never runs code from the file.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
@@ -24,16 +26,22 @@ from .layouts import convert_state_dict
 
 FORMAT_TAG = "csd_fast.edsr_csd"
 FORMAT_VERSION = 1
-RESERVED_METADATA = ("format", "format_version", "config")
+DEFAULT_WIDTH_KEY = "default_width"
+RESERVED_METADATA = ("format", "format_version", "config", DEFAULT_WIDTH_KEY)
 
 PathLike = str | os.PathLike
 REFUSED = re.compile(r"Unsupported global: GLOBAL (\S+)|reduce for unrecognized function|Unsupported class")
 
 
-def save_checkpoint(model: nn.Module, path: PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+def save_checkpoint(model: nn.Module, path: PathLike, metadata: Mapping[str, str] | None = None,
+                    *, default_width: float | None = None) -> Path:
     """Write model's weights and config to one .safetensors file, atomically.
 
     metadata: extra str -> str entries stored in the header (read them with read_metadata).
+    default_width: the width the weights are meant to run at (a CSD student's width), read
+    back as load_checkpoint(...).default_width and used by `csd-fast eval/upscale` when no
+    --width is given. Default: the model's own default_width, so a model loaded from such a
+    checkpoint and saved again keeps it.
     """
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
@@ -44,6 +52,10 @@ def save_checkpoint(model: nn.Module, path: PathLike, metadata: Mapping[str, str
         "format_version": str(FORMAT_VERSION),
         "config": json.dumps(model.config()),
     }
+    if default_width is None:
+        default_width = getattr(model, "default_width", None)
+    if default_width is not None:
+        header[DEFAULT_WIDTH_KEY] = repr(_checked_width(model, default_width))
     for key, value in (metadata or {}).items():
         if key in RESERVED_METADATA:
             raise ValueError(f"metadata key {key!r} is reserved; reserved keys: {list(RESERVED_METADATA)}")
@@ -56,16 +68,47 @@ def save_checkpoint(model: nn.Module, path: PathLike, metadata: Mapping[str, str
     return path
 
 
-def _is_safetensors(path: Path) -> bool:
-    if path.suffix == ".safetensors":
-        return True
-    # Sniff other names: 8-byte little-endian header length, then a JSON object.
+def _checked_width(model: EDSRCSD, width: object) -> float:
+    try:
+        model.channels(width)  # the model's own rule: a number in (0, 1] giving >= 1 channel
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"default_width: {err}") from None
+    return float(width)
+
+
+# The first bytes of what torch.save writes: a zip archive (since torch 1.6), a pickle of
+# protocol 2+ (the legacy format) or, from the oldest versions, a tar archive.
+ZIP_MAGIC = b"PK\x03\x04"
+PICKLE_PROTO = b"\x80"
+TAR_MAGIC_AT_257 = b"ustar"
+
+
+def _format(path: Path) -> str | None:
+    """"safetensors", "torch" or None (neither), from the file's first bytes."""
     with open(path, "rb") as f:
-        head = f.read(9)
-    if len(head) < 9:
-        return False
-    size = int.from_bytes(head[:8], "little")
-    return head[8:9] == b"{" and 0 < size <= path.stat().st_size - 8
+        head = f.read(512)
+    # safetensors: an 8-byte little-endian header length, then the JSON header itself.
+    if len(head) >= 9 and head[8:9] == b"{":
+        size = int.from_bytes(head[:8], "little")
+        # a .safetensors name with a header cut short is a truncated file: its reader says so
+        if 0 < size <= path.stat().st_size - 8 or path.suffix == ".safetensors":
+            return "safetensors"
+    if head.startswith((ZIP_MAGIC, PICKLE_PROTO)) or head[257:262] == TAR_MAGIC_AT_257:
+        return "torch"
+    return None
+
+
+def _not_a_checkpoint(path: Path) -> ValueError:
+    with open(path, "rb") as f:
+        head = f.read(40)
+    if not head:
+        why = "the file is empty"
+    elif head.startswith(b"version https://git-lfs"):
+        why = "it is a Git LFS pointer, not the file itself; fetch it with `git lfs pull`"
+    else:
+        why = f"it starts with {head!r}"
+    return ValueError(f"not a checkpoint: {path} is neither a .safetensors file nor a PyTorch "
+                      f"checkpoint written by torch.save ({why})")
 
 
 def _unreadable(path: Path, kind: str, err: BaseException) -> ValueError:
@@ -107,7 +150,10 @@ def read_file(path: PathLike, map_location="cpu") -> tuple[object, dict[str, str
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if not path.is_file():
         raise ValueError(f"checkpoint path is not a file: {path}")
-    if _is_safetensors(path):
+    kind = _format(path)
+    if kind is None:
+        raise _not_a_checkpoint(path)
+    if kind == "safetensors":
         return _read_safetensors(path)
     return _torch_load(path, map_location), None
 
@@ -142,6 +188,21 @@ def _stored_config(path: PathLike, metadata: dict[str, str]) -> dict:
     return config
 
 
+def _stored_width(path: PathLike, metadata: dict[str, str]) -> float | None:
+    """The default_width a csd_fast checkpoint records, or None (older files, other formats)."""
+    text = metadata.get(DEFAULT_WIDTH_KEY) if metadata.get("format") == FORMAT_TAG else None
+    if text is None:
+        return None
+    try:
+        width = float(text)
+    except ValueError:
+        width = math.nan
+    if not 0.0 < width <= 1.0:  # also False for NaN
+        raise ValueError(f"{path}: csd_fast checkpoint with a damaged header: "
+                         f"{DEFAULT_WIDTH_KEY}={text!r} is not a width in (0, 1]")
+    return width
+
+
 def load_checkpoint(
     source: PathLike | Mapping,
     *,
@@ -158,12 +219,18 @@ def load_checkpoint(
     picks the wrapped entry (e.g. "params" over BasicSR's preferred "params_ema").
     overrides pin hyper-parameters (res_scale, rgb_range, img_range, rgb_mean).
     dtype: the model's dtype; default the checkpoint's.
+
+    The model returned carries default_width: the width the checkpoint says its weights
+    are meant to run at (save_checkpoint's default_width; a CSD run's best.safetensors
+    records its student's), or None when it does not say (older files, other layouts).
     """
+    default_width = None
     if isinstance(source, Mapping):
         contents = source
     else:
         contents, metadata = read_file(source, map_location)
         stored = _stored_config(source, metadata or {})
+        default_width = _stored_width(source, metadata or {})
         if stored:
             if layout not in ("auto", "csd_fast"):
                 raise ValueError(f"{source}: is a csd_fast checkpoint, not layout {layout!r}")
@@ -176,4 +243,7 @@ def load_checkpoint(
         model = EDSRCSD(**config, backend=backend)
     model.to(dtype=dtype)
     model.load_state_dict(state)
+    if default_width is not None:
+        _checked_width(model, default_width)  # one the stored n_feats cannot run at: an error now
+    model.default_width = default_width
     return model

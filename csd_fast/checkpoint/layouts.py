@@ -1,6 +1,6 @@
 """State-dict layouts of EDSR checkpoints users already have, mapped onto EDSRCSD.
 
-Every layout is the same network under other key names (GUIDE section 3), so one
+Every layout is the same network under other key names (docs/method.md, section 6), so one
 table per layout says where each EDSRCSD conv lives; n_resblocks, n_feats and scale
 are read off the tensors, and the expected shapes come from an EDSRCSD built on the
 meta device, so the architecture is described in one place only.

@@ -2,9 +2,9 @@
 
     L = L1(S, HR) + lambda_T * L1(T, HR) + lambda_C * sum_j w_j * d(T_j, S_j) / (d(S_j, N_j) + eps)
 
-with VGG19 features j = relu1_1 .. relu5_1 (GUIDE section 1). Each distinct negative's
-VGG features are computed once per step and the B x K pairs are reduced by the
-contrastive-distance op without being materialised.
+with VGG19 features j = relu1_1 .. relu5_1 (docs/method.md, section 2). Each distinct
+negative's VGG features are computed once per step and the B x K pairs are reduced by
+the contrastive-distance op without being materialised.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import _extension
 from ..ops import contrastive_distance, contrastive_distance_reference
 from .vgg import VGG19Features
 
@@ -21,21 +22,28 @@ LAYER_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 DISTANCES = {"fused": contrastive_distance, "reference": contrastive_distance_reference}
 
 
-def make_negatives(lr: torch.Tensor, scale: int, count: int,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` LR images of the batch, bicubic-upsampled (PyTorch's bicubic, as the
-    reference), detached; and which batch item each came from.
-
-    The reference draws them as lr[randperm(B)[:K]], so it needs B >= K.
-    """
-    batch = lr.size(0)
+def draw_negative_sources(batch: int, count: int,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """Which `count` of `batch` items serve as negatives: randperm(batch)[:count] on the
+    CPU generator, as the reference draws them (so it needs batch >= count)."""
     if not 1 <= count <= batch:
         raise ValueError(f"neg_num={count} negatives are drawn from the batch, which has {batch} "
                          f"images: need 1 <= neg_num <= batch size")
-    source = torch.randperm(batch, generator=generator)[:count].to(lr.device)
+    return torch.randperm(batch, generator=generator)[:count]
+
+
+def upsample_negatives(lr: torch.Tensor, source: torch.Tensor, scale: int) -> torch.Tensor:
+    """lr[source] bicubic-upsampled (PyTorch's bicubic, as the reference), detached."""
     with torch.no_grad():
-        negatives = F.interpolate(lr[source], scale_factor=scale, mode="bicubic", align_corners=False)
-    return negatives, source
+        return F.interpolate(lr[source], scale_factor=scale, mode="bicubic", align_corners=False)
+
+
+def make_negatives(lr: torch.Tensor, scale: int, count: int,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` LR images of the batch, bicubic-upsampled and detached; and which batch
+    item each came from (on lr's device)."""
+    source = draw_negative_sources(lr.size(0), count, generator).to(lr.device)
+    return upsample_negatives(lr, source, scale), source
 
 
 class ContrastiveLoss(nn.Module):
@@ -48,8 +56,10 @@ class ContrastiveLoss(nn.Module):
     """
 
     def __init__(self, vgg: VGG19Features, layer_weights=LAYER_WEIGHTS, eps: float = 1e-7,
-                 backend: str = "fused"):
+                 backend: str | None = None):
         super().__init__()
+        if backend is None:  # the fused op where the kernels can run here
+            backend = _extension.default_backend()
         if backend not in DISTANCES:
             raise ValueError(f"backend must be one of {sorted(DISTANCES)}, got {backend!r}")
         if len(layer_weights) != 5:
@@ -98,7 +108,7 @@ class CSDLoss(nn.Module):
 
     def __init__(self, vgg: VGG19Features | None, lambda_c: float = 200.0, lambda_t: float = 1.0,
                  neg_num: int = 10, t_detach: bool = True, exclude_self: bool = False,
-                 backend: str = "fused"):
+                 backend: str | None = None):
         super().__init__()
         if lambda_c and vgg is None:
             raise ValueError("lambda_c > 0 needs the VGG19 feature extractor")
@@ -109,19 +119,25 @@ class CSDLoss(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor | None, hr: torch.Tensor,
                 lr: torch.Tensor, scale: int, generator: torch.Generator | None = None, *,
                 lr_pool: torch.Tensor | None = None, pool_offset: int = 0,
+                negative_sources: torch.Tensor | None = None,
                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
         """Under DDP, lr_pool is the global batch's LR (this rank's lr is
         lr_pool[pool_offset : pool_offset + B]): the negatives are drawn from it with the same
         generator state on every rank, as one process would draw them; reduce averages the
-        contrastive distances over ranks (see ContrastiveLoss.forward)."""
+        contrastive distances over ranks (see ContrastiveLoss.forward). negative_sources,
+        indices into the pool (or lr) on its device, replaces the draw from `generator`:
+        a CUDA-graph step passes them in a fixed buffer."""
         terms = {"l1_student": F.l1_loss(student, hr)}
         total = terms["l1_student"]
         if self.lambda_t:
             terms["l1_teacher"] = F.l1_loss(teacher, hr)
             total = total + self.lambda_t * terms["l1_teacher"]
         if self.lambda_c:
-            negatives, source = make_negatives(lr if lr_pool is None else lr_pool, scale,
-                                               self.neg_num, generator)
+            pool = lr if lr_pool is None else lr_pool
+            if negative_sources is None:
+                negative_sources = draw_negative_sources(pool.size(0), self.neg_num, generator)
+            source = negative_sources.to(pool.device)
+            negatives = upsample_negatives(pool, source, scale)
             local = None
             if self.exclude_self:  # pool index -> this batch's index; -1: not an anchor here
                 local = source - pool_offset

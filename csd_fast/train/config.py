@@ -12,12 +12,17 @@ import yaml
 
 STAGES = ("teacher", "csd", "student")
 PRESET_NAMES = ("edsr-baseline", "edsr")
-AMP_MODES = (None, "bf16", "fp16")
+AMP_MODES = ("auto", None, "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
 class ConfigError(ValueError):
     """A bad training configuration; the message names the offending key."""
+
+
+def option(default, help: str):
+    """A config field with its one-line meaning, shown by `csd-fast train --help`."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -27,52 +32,58 @@ class TrainConfig:
     stage: "teacher" trains width 1 with L1 only; "csd" the joint CSD loss (student at
     `width`, teacher at 1.0), starting from teacher_checkpoint; "student" L1 at `width` only.
     n_resblocks / n_feats / res_scale override the preset (tests use tiny models).
+    Each field's help is its line in `csd-fast train --help` (describe_keys).
     """
-    stage: str = "csd"
-    scale: int = 4
-    preset: str = "edsr-baseline"
-    n_resblocks: int | None = None
-    n_feats: int | None = None
-    res_scale: float | None = None
-    width: float = 0.25
+    stage: str = option("csd", "teacher: width 1, L1 | csd: joint CSD loss | student: L1 at width")
+    scale: int = option(4, "upscaling factor: 2, 3 or 4")
+    preset: str = option("edsr-baseline", "edsr-baseline (16 blocks, 64 features) or edsr (32, 256)")
+    n_resblocks: int | None = option(None, "residual blocks, overriding the preset's")
+    n_feats: int | None = option(None, "feature channels at width 1, overriding the preset's")
+    res_scale: float | None = option(None, "residual scaling, overriding the preset's")
+    width: float = option(0.25, "the student's width ratio in (0, 1] (csd and student stages)")
     # loss
-    neg_num: int = 10
-    lambda_c: float = 200.0
-    lambda_t: float = 1.0
-    t_detach: bool = True
-    exclude_self: bool = False
-    loss_backend: str = "fused"
+    neg_num: int = option(10, "negatives per anchor, drawn from the batch (<= batch)")
+    lambda_c: float = option(200.0, "weight of the contrastive term (0: none, and no VGG19)")
+    lambda_t: float = option(1.0, "weight of the teacher's L1 term (csd stage)")
+    t_detach: bool = option(True, "stop gradients through the teacher as the contrastive positive")
+    exclude_self: bool = option(False, "keep an anchor's own upsampled input out of its negatives")
+    loss_backend: str = option("auto", "contrastive distance: fused (csd_fast's op), reference, or "
+                                       "auto (fused where the compiled kernels run)")
     # data
-    train_data: str | None = None
-    val_data: str | None = None
-    lr_patch: int = 48
-    batch: int = 16
-    augment: bool = True
-    num_workers: int = 0
+    train_data: str | None = option(None, "training dataset folder (required; any supported layout)")
+    val_data: str | None = option(None, "validation dataset folder; none: no validation, no best.*")
+    lr_patch: int = option(48, "LR patch side (the HR patch is scale times larger)")
+    batch: int = option(16, "patches per iteration, over all processes")
+    augment: bool = option(True, "random flips and transposes of the patches")
+    num_workers: int = option(0, "DataLoader worker processes")
     # optimiser and schedule
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    decay_every: int = 200_000
-    decay_gamma: float = 0.1
-    iterations: int = 400_000
-    grad_clip: float | None = None
+    lr: float = option(1e-4, "Adam learning rate")
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam betas, as b1,b2")
+    eps: float = option(1e-8, "Adam eps")
+    decay_every: int = option(200_000, "iterations between learning-rate decays")
+    decay_gamma: float = option(0.1, "learning-rate factor at each decay, in (0, 1]")
+    iterations: int = option(400_000, "total iterations of the run")
+    grad_clip: float | None = option(None, "clip the total gradient norm to this; none: no clipping")
     # numerics and device
-    amp: str | None = None
-    channels_last: bool = False
-    device: str = "auto"
-    seed: int = 0
-    deterministic: bool = False  # bitwise-repeatable runs on CUDA too (slower convolutions)
+    amp: str | None = option("auto", "mixed precision: auto (bf16 on CUDA, none on CPU), none, bf16 "
+                                     "or fp16 (fp16 with a grad scaler)")
+    channels_last: bool | None = option(None, "channels-last weights and inputs; none: on for CUDA, "
+                                              "off on CPU")
+    cuda_graph: bool | None = option(None, "replay each step from a CUDA graph; none: wherever it can "
+                                           "(CUDA, one process, amp not fp16)")
+    device: str = option("auto", "auto (CUDA when available), cpu or cuda")
+    seed: int = option(0, "seed of every random draw: weights, patches, negatives")
+    deterministic: bool = option(False, "bitwise-repeatable runs on CUDA too (slower convolutions)")
     # bookkeeping
-    val_every: int = 1000
-    checkpoint_every: int = 1000
-    log_every: int = 100
-    out_dir: str = "runs/csd"
-    teacher_checkpoint: str | None = None
-    vgg_weights: str | None = None
-    random_vgg: bool = False
-    progress: bool = True
-    tensorboard: bool = True  # also log to <out_dir>/tensorboard/ when tensorboard is installed
+    val_every: int = option(1000, "iterations between validations (and best.* updates)")
+    checkpoint_every: int = option(1000, "iterations between writes of last.pt")
+    log_every: int = option(100, "iterations between log.csv rows")
+    out_dir: str = option("runs/csd", "folder for config.yaml, log.csv, last.pt, best.*")
+    teacher_checkpoint: str | None = option(None, "weights the csd/student stage starts from")
+    vgg_weights: str | None = option(None, "torchvision's vgg19-dcbb9e9d.pth; none: its cache path")
+    random_vgg: bool = option(False, "untrained VGG19 for the contrastive loss (tests, demos only)")
+    progress: bool = option(True, "show a progress bar")
+    tensorboard: bool = option(True, "also log to <out_dir>/tensorboard/ when tensorboard is installed")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -89,6 +100,31 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _as_text(value: object) -> str:
+    """A default as it would be written in a YAML file or a key=value override."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(_as_text(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def describe_keys() -> str:
+    """Every config key with its default and meaning, from the TrainConfig fields themselves."""
+    width = max(map(len, FIELDS)) + 2
+    defaults = [_as_text(f.default) for f in FIELDS.values()]
+    default_width = max(map(len, defaults)) + 2
+    lines = ["config keys (in the --config YAML file or as KEY=VALUE):",
+             f"  {'key':<{width}}{'default':<{default_width}}meaning"]
+    for (name, f), default in zip(FIELDS.items(), defaults):
+        lines.append(f"  {name:<{width}}{default:<{default_width}}{f.metadata.get('help', '')}")
+    return "\n".join(lines)
 
 
 def _optional(hint) -> tuple[object, bool]:
@@ -178,7 +214,8 @@ def validate(cfg: TrainConfig) -> None:
     need(0.0 < cfg.width <= 1.0, "width", "must be in (0, 1]")
     need(cfg.amp in AMP_MODES, "amp", f"must be one of {AMP_MODES}")
     need(cfg.device in DEVICES, "device", f"must be one of {DEVICES}")
-    need(cfg.loss_backend in ("reference", "fused"), "loss_backend", "must be 'reference' or 'fused'")
+    need(cfg.loss_backend in ("auto", "reference", "fused"), "loss_backend",
+         "must be 'auto', 'reference' or 'fused'")
     for key in ("lr_patch", "batch", "iterations", "decay_every", "val_every", "checkpoint_every",
                 "log_every", "neg_num"):
         need(getattr(cfg, key) >= 1, key, "must be >= 1")

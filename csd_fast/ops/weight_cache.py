@@ -1,0 +1,55 @@
+"""The conv ops' cache of packed weights, and which CUDA path ran.
+
+Each conv op reads the prefix weight[:out, :in] of a full-size layer and packs it
+(channels-last, the input's dtype, res_scale folded in) before the convolution. Inside
+`cached_weights()` the packed prefixes are kept and reused until their source tensor
+changes in place, which saves one small copy per conv: worth it for repeated inference
+on fixed weights. Outside it (the default) every call packs afresh, because a weight
+changed through `.data` (gradcheck, EMA updates) cannot be seen by the cache.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+from .. import _extension
+
+__all__ = ["cached_weights", "clear_weight_cache", "weight_cache_stats", "cudnn_graph_stats"]
+
+
+@contextlib.contextmanager
+def cached_weights() -> Iterator[None]:
+    """Reuse packed weight prefixes within this block. The weights must change only
+    through autograd-visible in-place ops (an optimizer step, copy_ under no_grad) while
+    it is open, never through `.data`. Leaving the block drops every cached prefix."""
+    _extension.require_extension()
+    previous = torch.ops.csd_fast.set_weight_cache_enabled(True)
+    try:
+        yield
+    finally:  # an enclosing block keeps the cache (and these entries) on
+        torch.ops.csd_fast.set_weight_cache_enabled(previous)
+
+
+def clear_weight_cache() -> None:
+    _extension.require_extension()
+    torch.ops.csd_fast.clear_weight_cache()
+
+
+def weight_cache_stats() -> dict[str, int]:
+    """Hits, misses and entries of the packed-weight cache since it was last cleared."""
+    _extension.require_extension()
+    hits, misses, entries = torch.ops.csd_fast.weight_cache_stats()
+    return {"hits": hits, "misses": misses, "entries": entries}
+
+
+def cudnn_graph_stats() -> dict[str, int] | None:
+    """Counts since the process started of the CUDA conv ops' fused cuDNN graphs: runs,
+    calls that fell back to ATen's convolution, plans built, and graphs no engine took.
+    None where the extension has no CUDA kernels."""
+    _extension.require_extension()
+    if not hasattr(torch.ops.csd_fast, "cudnn_graph_stats"):
+        return None
+    runs, fallbacks, built, rejected = torch.ops.csd_fast.cudnn_graph_stats()
+    return {"runs": runs, "fallbacks": fallbacks, "built": built, "rejected": rejected}

@@ -1,0 +1,83 @@
+// csd_fast::conv3x3_pixel_shuffle: its schema and its ATen composition (CPU's kernel,
+// CUDA's fallback): the conv channels-last with its bias, then ATen's channels-last
+// pixel shuffle (on the CPU faster than a strided copy of our own or a per-phase copy).
+#include <torch/library.h>
+
+#include "sliced_conv.h"
+
+namespace csd_fast {
+
+at::Tensor conv3x3_pixel_shuffle_composite(const at::Tensor& input, const at::Tensor& weight,
+                                           const at::Tensor& bias, int64_t channels,
+                                           int64_t in_channels, int64_t upscale_factor) {
+  const int64_t s = upscale_factor;
+  const int64_t rows = check_conv_pixel_shuffle("conv3x3_pixel_shuffle", input, weight, bias,
+                                                channels, in_channels, s);
+  const PackSpec spec{rows, in_channels, 1.0, 1, input.scalar_type()};
+  auto conv = conv3x3(input_prefix_nhwc(input, in_channels), packed_weight(weight, spec),
+                      packed_bias(bias, spec));
+  return at::pixel_shuffle(conv.contiguous(kChannelsLast), s).contiguous(caller_format(input));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_pixel_shuffle_backward_composite(
+    const at::Tensor& grad_output, const at::Tensor& input, const at::Tensor& weight,
+    int64_t channels, int64_t in_channels, int64_t upscale_factor,
+    std::array<bool, 3> output_mask) {
+  constexpr const char* op = "conv3x3_pixel_shuffle_backward";
+  const int64_t s = upscale_factor;
+  const int64_t rows =
+      check_conv_pixel_shuffle(op, input, weight, std::nullopt, channels, in_channels, s);
+  check_grad_output(op, grad_output, input,
+                    {input.size(0), channels, input.size(2) * s, input.size(3) * s});
+  const PackSpec spec{rows, in_channels, 1.0, 1, input.scalar_type()};
+  const auto grad_conv = at::pixel_unshuffle(grad_output.contiguous(kChannelsLast), s)
+                             .contiguous(kChannelsLast);
+  auto [grad_x, grad_w, grad_b] =
+      conv3x3_backward(grad_conv, input_prefix_nhwc(input, in_channels),
+                       packed_weight(weight, spec), output_mask);
+  return {grad_x.defined() ? full_input_grad(grad_x, input) : input.new_empty({0}),
+          grad_w.defined() ? unpack_weight_grad(grad_w, weight, spec) : input.new_empty({0}),
+          grad_b.defined() ? unpack_bias_grad(grad_b, weight, spec) : input.new_empty({0})};
+}
+
+at::Tensor pixel_shuffle_phases(const at::Tensor& conv, int64_t upscale_factor) {
+  const int64_t s = upscale_factor;
+  TORCH_CHECK(conv.dim() == 4 && s >= 1 && conv.size(1) % (s * s) == 0,
+              "pixel_shuffle_phases: expected (N, s*s*C, H, W) with s = ", s, ", got shape ",
+              conv.sizes());
+  const int64_t c = conv.size(1) / (s * s);
+  auto out = at::empty({conv.size(0), c, conv.size(2) * s, conv.size(3) * s},
+                       conv.options().memory_format(kChannelsLast));
+  for (int64_t i = 0; i < s; ++i) shuffle_phase(out, s, i).copy_(conv.narrow(1, i * s * c, s * c));
+  return out;
+}
+
+}  // namespace csd_fast
+
+TORCH_LIBRARY_FRAGMENT(csd_fast, m) {
+  // Upsampler stage: pixel_shuffle(conv(input[:, :in_channels]), s) with weight rows
+  // [:channels * s * s], so the output is (N, channels, H * s, W * s).
+  m.def(
+      "conv3x3_pixel_shuffle(Tensor input, Tensor weight, Tensor bias, int channels, "
+      "int in_channels, int upscale_factor) -> Tensor");
+  m.def(
+      "conv3x3_pixel_shuffle_backward(Tensor grad_output, Tensor input, Tensor weight, "
+      "int channels, int in_channels, int upscale_factor, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  // The pixel shuffle of a conv output whose rows are in sub-pixel order (i, j, c),
+  // written phase by phase through the strided views the CUDA upsampler's convolutions
+  // write into (shuffle_phase); channels-last (N, C, H * s, W * s). For tests of that
+  // layout on any device.
+  m.def("pixel_shuffle_phases(Tensor conv, int upscale_factor) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(csd_fast, CompositeExplicitAutograd, m) {
+  m.impl("pixel_shuffle_phases", &csd_fast::pixel_shuffle_phases);
+}
+
+// The composition is the CPU kernel: oneDNN runs the convolutions at the CPU's GEMM peak,
+// so there is no CPU-specific code. CUDA registers its own kernels (cuda/conv3x3_pixel_shuffle.cpp).
+TORCH_LIBRARY_IMPL(csd_fast, CPU, m) {
+  m.impl("conv3x3_pixel_shuffle", &csd_fast::conv3x3_pixel_shuffle_composite);
+  m.impl("conv3x3_pixel_shuffle_backward", &csd_fast::conv3x3_pixel_shuffle_backward_composite);
+}

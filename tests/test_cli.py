@@ -1,0 +1,121 @@
+"""The command line's contract: exit status (0 ok, 1 the run failed, 2 usage or input error),
+one-line errors that name the problem, and the checkpoint's width as the default."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from csd_fast import EDSRCSD, cli, save_checkpoint
+from csd_fast.cli import main
+from csd_fast.train.config import FIELDS
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (24, 28, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+def student_checkpoint(path, default_width=0.5):
+    torch.manual_seed(0)
+    return save_checkpoint(EDSRCSD(2, 1, 8, 1.0), path, default_width=default_width)
+
+
+# --- exit status --------------------------------------------------------------------------
+
+def test_the_convention_is_documented():
+    doc = cli.__doc__
+    assert "0 on success" in doc and "1 when the run itself failed" in doc and "2 for a usage" in doc
+
+
+def test_bad_flag_is_2():
+    with pytest.raises(SystemExit) as info:
+        main(["upscale", "a.png", "-o", "out", "--checkpoint", "m.safetensors", "--bogus"])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize("raised, code", [
+    (ValueError("bad value"), 2), (FileNotFoundError("no file"), 2), (FileExistsError("exists"), 2),
+    (PermissionError("denied"), 2), (RuntimeError("non-finite loss"), 1), (OSError("disk full"), 1),
+])
+def test_errors_map_to_the_convention(monkeypatch, capsys, raised, code):
+    def command(args):
+        raise raised
+
+    monkeypatch.setattr(cli, "cmd_info", command)  # build_parser wires the name up at each call
+    assert main(["info"]) == code
+    assert capsys.readouterr().err == f"csd-fast info: error: {raised}\n"
+
+
+# --- messages -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [b"hello world\n", b"# csd_fast\n\nA README.\n"])
+def test_text_file_as_checkpoint(tmp_path, images, capsys, content):
+    text = tmp_path / "some.txt"
+    text.write_bytes(content)
+    assert main(["upscale", str(images), "-o", str(tmp_path / "out"), "--checkpoint", str(text),
+                 "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"csd-fast upscale: error: not a checkpoint: {text} is neither")
+    assert "KeyError" not in err and "Unpickling" not in err
+    assert main(["eval", "--checkpoint", str(text), "--data", str(images), "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.startswith(f"csd-fast eval: error: not a checkpoint: {text}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_reports_a_truncated_image_before_any_progress_bar(tmp_path, images, capsys):
+    whole = (images / "im1.png").read_bytes()
+    (images / "im1.png").write_bytes(whole[:len(whole) // 2])  # its header still reads
+    ckpt = student_checkpoint(tmp_path / "m.safetensors")
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(images), "--device", "cpu",
+                 "--json", str(tmp_path / "r.json"), "--csv", ""]) == 2
+    err = capsys.readouterr().err
+    assert "im1.png" in err and "truncated" in err
+    assert "%|" not in err
+    assert not (tmp_path / "r.json").exists()
+
+
+# --- the checkpoint's width -----------------------------------------------------------------
+
+def eval_width(tmp_path, images, ckpt, *extra):
+    report = tmp_path / "r.json"
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(images), "--device", "cpu",
+                 "--json", str(report), "--csv", "", *extra]) == 0
+    return json.loads(report.read_text())["meta"]["width"]
+
+
+def test_eval_defaults_to_the_checkpoints_width(tmp_path, images, capsys):
+    ckpt = student_checkpoint(tmp_path / "student.safetensors", 0.5)
+    assert eval_width(tmp_path, images, ckpt) == 0.5
+    out = capsys.readouterr().out
+    assert "width 0.5 (from the checkpoint; --width overrides)" in out and "width 0.5 " in out
+    assert eval_width(tmp_path, images, ckpt, "--width", "0.25") == 0.25
+    assert "from the checkpoint" not in capsys.readouterr().out
+    old = student_checkpoint(tmp_path / "old.safetensors", None)
+    assert eval_width(tmp_path, images, old) == 1.0
+    assert "width 1 (the checkpoint records no width" in capsys.readouterr().out
+
+
+# --- train --help ---------------------------------------------------------------------------
+
+def test_train_help_lists_every_config_key_with_default_and_meaning(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    rows = {line.split()[0]: line.split(None, 2)[1:] for line in text.splitlines()
+            if line.startswith("  ") and line.split() and line.split()[0] in FIELDS}
+    assert set(rows) == set(FIELDS)
+    assert all(len(row) == 2 and row[1].strip() for row in rows.values()), "a key without a meaning"
+    assert rows["width"][0] == "0.25" and rows["grad_clip"][0] == "none"
+    assert rows["betas"][0] == "0.9,0.999" and rows["t_detach"][0] == "true"
+
+
+def test_every_config_field_has_help():
+    assert [name for name, f in FIELDS.items() if not f.metadata.get("help")] == []
