@@ -36,8 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_pixel_shuffle_backward_co
       conv3x3_backward(grad_conv, input_prefix_nhwc(input, in_channels),
                        packed_weight(weight, spec), output_mask);
   return {grad_x.defined() ? full_input_grad(grad_x, input) : input.new_empty({0}),
-          grad_w.defined() ? unpack_weight_grad(grad_w, weight, spec) : input.new_empty({0}),
-          grad_b.defined() ? unpack_bias_grad(grad_b, weight, spec) : input.new_empty({0})};
+          unpack_grad(grad_w, weight, spec), unpack_grad(grad_b, weight, spec)};
 }
 
 at::Tensor pixel_shuffle_phases(const at::Tensor& conv, int64_t upscale_factor) {

@@ -29,15 +29,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_
     const at::Tensor& grad_b1, const at::Tensor& grad_w2, const at::Tensor& grad_b2) {
   const auto spec1 = block_spec(input, channels, 1.0);
   const auto spec2 = block_spec(input, channels, res_scale);
-  auto weight_grad = [&](const at::Tensor& g, const at::Tensor& w, const PackSpec& spec) {
-    return g.defined() ? unpack_weight_grad(g, w, spec) : input.new_empty({0});
-  };
-  auto bias_grad = [&](const at::Tensor& g, const at::Tensor& w, const PackSpec& spec) {
-    return g.defined() ? unpack_bias_grad(g, w, spec) : input.new_empty({0});
-  };
   return {grad_x.defined() ? full_input_grad(grad_x, input) : input.new_empty({0}),
-          weight_grad(grad_w1, weight1, spec1), bias_grad(grad_b1, weight1, spec1),
-          weight_grad(grad_w2, weight2, spec2), bias_grad(grad_b2, weight2, spec2)};
+          unpack_grad(grad_w1, weight1, spec1), unpack_grad(grad_b1, weight1, spec1),
+          unpack_grad(grad_w2, weight2, spec2), unpack_grad(grad_b2, weight2, spec2)};
 }
 
 std::tuple<at::Tensor, at::Tensor> residual_block_composite(

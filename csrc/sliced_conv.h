@@ -77,12 +77,11 @@ void clear_weight_cache();
 // {hits, misses, entries}
 std::vector<int64_t> weight_cache_stats();
 
-// The packed weight's gradient (rows in packed order, scaled) as the gradient of the
-// source prefix (out, in, 3, 3) / (out,) in the source's dtype.
-at::Tensor unpack_weight_grad(const at::Tensor& grad_packed, const at::Tensor& weight,
-                              const PackSpec& spec);
-at::Tensor unpack_bias_grad(const at::Tensor& grad_packed, const at::Tensor& bias_like,
-                            const PackSpec& spec);
+// The gradient of a packed weight or bias (rows in packed order, scaled) as the gradient
+// of the source prefix, (out, in, 3, 3) or (out,), in the source's dtype; an empty
+// tensor where grad_packed is undefined (not asked for).
+at::Tensor unpack_grad(const at::Tensor& grad_packed, const at::Tensor& source,
+                       const PackSpec& spec);
 
 // ---- ATen pieces of the compositions (sliced_conv_common.cpp) -------------------------
 
@@ -102,7 +101,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward(const at::Tensor
 // The gradient of the channel prefix, placed in a tensor of the input's full shape.
 at::Tensor full_input_grad(const at::Tensor& grad_prefix, const at::Tensor& input);
 
-at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like);
 
 // The view of an NHWC (N, C, s*H, s*W) tensor that holds sub-pixel row phase i as an
 // (N, s*C, H, W) tensor whose channel j*C + c is output channel c at (s*h + i, s*w + j):

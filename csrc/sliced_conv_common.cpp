@@ -136,10 +136,6 @@ at::Tensor full_input_grad(const at::Tensor& grad_prefix, const at::Tensor& inpu
   return full;
 }
 
-at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like) {
-  return t.defined() ? t : like.new_empty({0});
-}
-
 at::Tensor shuffle_phase(const at::Tensor& shuffled_nhwc, int64_t s, int64_t i) {
   TORCH_INTERNAL_ASSERT(shuffled_nhwc.is_contiguous(kChannelsLast) && 0 <= i && i < s);
   const int64_t n = shuffled_nhwc.size(0), c = shuffled_nhwc.size(1);

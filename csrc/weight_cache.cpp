@@ -164,17 +164,11 @@ std::vector<int64_t> weight_cache_stats() {
   return {c.hits, c.misses, static_cast<int64_t>(c.entries.size())};
 }
 
-at::Tensor unpack_weight_grad(const at::Tensor& grad_packed, const at::Tensor& weight,
-                              const PackSpec& spec) {
-  auto grad = channel_order(grad_packed, spec.shuffle).to(weight.scalar_type());
+at::Tensor unpack_grad(const at::Tensor& grad_packed, const at::Tensor& source,
+                       const PackSpec& spec) {
+  if (!grad_packed.defined()) return source.new_empty({0});
+  auto grad = channel_order(grad_packed, spec.shuffle).to(source.scalar_type());
   // dL/dw of conv(x, s*w) is s * dL/d(s*w)
-  if (spec.scale != 1.0) grad = grad * spec.scale;
-  return grad.contiguous();
-}
-
-at::Tensor unpack_bias_grad(const at::Tensor& grad_packed, const at::Tensor& bias_like,
-                            const PackSpec& spec) {
-  auto grad = channel_order(grad_packed, spec.shuffle).to(bias_like.scalar_type());
   if (spec.scale != 1.0) grad = grad * spec.scale;
   return grad.contiguous();
 }
