@@ -2,7 +2,8 @@
 # Everything a lent GPU session should do, in one call: build with CUDA kernels, run
 # the test suite (CUDA cases included), the GPU baselines (per layer and whole network,
 # against eager and torch.compile), compute-sanitizer memcheck over one call per CUDA
-# conv path and racecheck over the contrastive kernel, and the CUDA benchmark suite.
+# conv path and racecheck over the contrastive kernel, the CUDA benchmark suite, and the
+# negatives_scaling group (K 1 .. 64 at B16 HR192: time, peak memory, and its plot).
 # Full logs go to $OUT (default /tmp/csd_fast_gpu); a short summary is printed last.
 #   bash benchmarks/gpu_session.sh            (from the repository root)
 # Wheels the GPU image lacks travel in .whl/ (carry=[".whl"]): pypng and
@@ -76,10 +77,19 @@ step memcheck memcheck.log 70 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
     -k "(test_contrastive_distance and cuda and not compile) or sanitizer_set"
 step racecheck racecheck.log 40 compute-sanitizer --tool racecheck --error-exitcode 9 \
     pytest tests/test_contrastive_distance.py -q -k "cuda and forward_matches"
-step benchmarks bench.log 100 pytest benchmarks -q --benchmark-only -k cuda \
+step benchmarks bench.log 100 pytest benchmarks -q --benchmark-only -k "cuda and not negatives_scaling" \
     --benchmark-json "$OUT/bench.json"
 [ -s "$OUT/bench.json" ] && python3 benchmarks/render_results.py "$OUT/bench.json" \
     --command "pytest benchmarks --benchmark-only -k cuda" >"$OUT/bench.md" 2>&1
+# a step of its own: the reference's large-K rows cannot eat the suite's time
+step negatives negatives.log 120 pytest benchmarks/test_bench_negatives_scaling.py -q -rs \
+    --benchmark-only -k cuda --benchmark-json "$OUT/negatives.json"
+if [ -s "$OUT/negatives.json" ]; then
+    python3 benchmarks/render_results.py "$OUT/negatives.json" --command \
+        "pytest benchmarks/test_bench_negatives_scaling.py --benchmark-only -k cuda" >>"$OUT/bench.md" 2>&1
+    python3 benchmarks/plot_negatives_scaling.py "$OUT/negatives.json" \
+        --out "$OUT/negatives_scaling_cuda.png" >>"$OUT/negatives.log" 2>&1
+fi
 
 echo; [ -f "$OUT/bench.md" ] && cat "$OUT/bench.md"; echo
 sed -n '/^| layer/,$p' "$OUT/baselines.log"

@@ -24,16 +24,27 @@ from conftest import run_benchmark
 WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 
 
-def reference_loss(vgg, student, teacher, hr, lr, scale, count, generator):
-    negatives, _ = make_negatives(lr, scale, count, generator)
-    b, k = student.size(0), count
+def reference_contrastive(vgg, student, teacher, negatives):
+    """The reference code's contrastive term: VGG on the K upsampled negatives repeated to
+    B x K images, each paired with a repeated anchor (B x K difference maps)."""
+    b, k = student.size(0), negatives.size(0)
     repeated = negatives.unsqueeze(0).expand(b, k, *negatives.shape[1:]).reshape(b * k, *negatives.shape[1:])
     loss = 0
     for w, fs, ft, fn in zip(WEIGHTS, vgg(student), vgg(teacher.detach()), vgg(repeated)):
         d_ts = (ft - fs).abs().mean()
         d_sn = (fn - fs.repeat_interleave(k, dim=0)).abs().view(b, k, -1).sum(1).mean()
         loss = loss + w * d_ts / (d_sn + 1e-7)
-    return F.l1_loss(student, hr) + F.l1_loss(teacher, hr) + 200 * loss
+    return loss
+
+
+def reference_loss(vgg, student, teacher, hr, lr, scale, count, generator, negatives_lr=None):
+    """The whole loss the reference way; negatives_lr (any K) replaces the draw from the batch."""
+    if negatives_lr is None:
+        negatives, _ = make_negatives(lr, scale, count, generator)
+    else:
+        negatives = F.interpolate(negatives_lr, scale_factor=scale, mode="bicubic", align_corners=False)
+    return (F.l1_loss(student, hr) + F.l1_loss(teacher, hr)
+            + 200 * reference_contrastive(vgg, student, teacher, negatives))
 
 
 def setup(device):
@@ -49,29 +60,30 @@ def setup(device):
     return model, vgg, lr, hr
 
 
-def fused_step(model, vgg, lr, hr, amp_dtype):
-    """The trainer's step; a CUDA graph in the bf16 CUDA rows."""
+def fused_step(model, vgg, lr, hr, amp_dtype, count=10, negatives_lr=None):
+    """The trainer's step; a CUDA graph in the bf16 CUDA rows. negatives_lr: count LR
+    negatives from outside the batch (negatives=dataset)."""
     cuda = lr.device.type == "cuda"
     if cuda:
         model.to(memory_format=torch.channels_last)
         lr = lr.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     step = TrainStep(StageForward(model, "csd", 0.25), list(model.parameters()),
-                     CSDLoss(vgg, neg_num=10), optimizer,
+                     CSDLoss(vgg, neg_num=count), optimizer,
                      torch.amp.GradScaler(lr.device.type, enabled=False), 4, amp_dtype, None,
                      check_finite=lambda terms: None, use_graph=cuda and amp_dtype is not None)
-    return lambda: step(lr, hr, torch.Generator().manual_seed(2))["total"]
+    return lambda: step(lr, hr, torch.Generator().manual_seed(2), negatives=negatives_lr)["total"]
 
 
-def reference_step(model, vgg, lr, hr, amp_dtype):
+def reference_step(model, vgg, lr, hr, amp_dtype, count=10, negatives_lr=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(lr.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             student, teacher = model(lr, 0.25), model(lr, 1.0)
-            loss = reference_loss(vgg, student.float(), teacher.float(), hr, lr, 4, 10,
-                                  torch.Generator().manual_seed(2))
+            loss = reference_loss(vgg, student.float(), teacher.float(), hr, lr, 4, count,
+                                  torch.Generator().manual_seed(2), negatives_lr)
         loss.backward()
         optimizer.step()
         return loss

@@ -13,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from ._atomic import atomic_write_bytes
+from ._device import resolve_device
 from .archs import EDSRCSD
 from .data import SRFolder, imresize, read_image, write_png
 from .inference import upscale
@@ -47,9 +48,7 @@ def evaluate(
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available")
+    device = resolve_device(device)
     if model is not None:
         if model.scale != scale:
             raise ValueError(f"the model upscales x{model.scale} but --scale is {scale}")
@@ -71,10 +70,10 @@ def evaluate(
             row["bicubic_psnr"] = psnr(bicubic, hr, crop=scale, y_channel=y_channel)
             row["bicubic_ssim"] = ssim(bicubic, hr, crop=scale, y_channel=y_channel)
             if model is not None:
-                x = lr.to(device).float().unsqueeze(0) * (model.rgb_range / 255)
+                x = model.to_model_range(lr.to(device).float().unsqueeze(0))
                 sr = upscale(model, x, width, ensemble=ensemble, tile=tile, overlap=overlap,
                              autocast_dtype=DTYPES[dtype])
-                sr = to_uint8(sr[0].cpu() * (255 / model.rgb_range))
+                sr = to_uint8(model.from_model_range(sr[0].cpu()))
                 row["psnr"] = psnr(sr, hr, crop=scale, y_channel=y_channel)
                 row["ssim"] = ssim(sr, hr, crop=scale, y_channel=y_channel)
                 if save_images is not None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import torch
 
 from .archs import EDSRCSD
+from .data.patches import augment
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -33,8 +34,7 @@ def receptive_radius(model: EDSRCSD) -> int:
     return math.ceil(radius)
 
 
-def tiled(forward: Forward, x: torch.Tensor, scale: int, tile: int, overlap: int,
-          progress: Callable[[int], None] | None = None) -> torch.Tensor:
+def tiled(forward: Forward, x: torch.Tensor, scale: int, tile: int, overlap: int) -> torch.Tensor:
     """forward(x) computed tile by tile: tiles of tile x tile LR pixels, each run with
     `overlap` extra LR pixels of context on every side."""
     if tile < 1 or overlap < 0:
@@ -53,29 +53,19 @@ def tiled(forward: Forward, x: torch.Tensor, scale: int, tile: int, overlap: int
                 out = sr.new_empty(n, sr.size(1), h * scale, w * scale)
             out[:, :, top * scale:bottom * scale, left * scale:right * scale] = sr[
                 :, :, (top - y0) * scale:(bottom - y0) * scale, (left - x0) * scale:(right - x0) * scale]
-            if progress is not None:
-                progress(1)
     return out
 
 
 def _transform(x: torch.Tensor, t: int) -> torch.Tensor:
-    if t & 1:
-        x = x.flip(-1)
-    if t & 2:
-        x = x.flip(-2)
-    if t & 4:
-        x = x.transpose(-1, -2)
-    return x
+    """The t-th of the 8 flips/transposes (bits: horizontal flip, vertical flip, transpose)."""
+    return augment(x, bool(t & 1), bool(t & 2), bool(t & 4))
 
 
 def _untransform(x: torch.Tensor, t: int) -> torch.Tensor:
+    """The inverse of _transform(., t): undo the transpose first, then the flips."""
     if t & 4:
         x = x.transpose(-1, -2)
-    if t & 2:
-        x = x.flip(-2)
-    if t & 1:
-        x = x.flip(-1)
-    return x
+    return augment(x, bool(t & 1), bool(t & 2), False)
 
 
 def self_ensemble(forward: Forward, x: torch.Tensor) -> torch.Tensor:
@@ -89,8 +79,7 @@ def self_ensemble(forward: Forward, x: torch.Tensor) -> torch.Tensor:
 
 def upscale(model: EDSRCSD, x: torch.Tensor, width: float = 1.0, *, ensemble: bool = False,
             tile: int | None = None, overlap: int | None = None,
-            autocast_dtype: torch.dtype | None = None,
-            progress: Callable[[int], None] | None = None) -> torch.Tensor:
+            autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
     """SR of a float batch (N, 3, h, w) in [0, rgb_range]; returns float32, unclamped.
 
     tile: LR tile size (None: whole image). overlap defaults to the receptive field
@@ -105,14 +94,8 @@ def upscale(model: EDSRCSD, x: torch.Tensor, width: float = 1.0, *, ensemble: bo
             return model(t, width).float()
 
     def run(t: torch.Tensor) -> torch.Tensor:
-        return tiled(forward, t, model.scale, tile, overlap, progress) if tile else forward(t)
+        return tiled(forward, t, model.scale, tile, overlap) if tile else forward(t)
 
     with torch.inference_mode():
         return self_ensemble(run, x) if ensemble else run(x)
 
-
-def tile_count(shape: tuple[int, ...], tile: int | None, ensemble: bool) -> int:
-    """Forward passes upscale() makes on an input of this shape (for progress bars)."""
-    h, w = shape[-2:]
-    per_pass = 1 if not tile or (tile >= h and tile >= w) else math.ceil(h / tile) * math.ceil(w / tile)
-    return per_pass * (8 if ensemble else 1)

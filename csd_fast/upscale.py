@@ -13,10 +13,9 @@ from PIL import Image
 
 from ._atomic import atomic_write_bytes
 from .archs import EDSRCSD
-from .data import imresize
+from .data import IMAGE_SUFFIXES, imresize
 from .inference import upscale
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 class UnreadableImage(ValueError):
@@ -93,8 +92,8 @@ def upscale_picture(model: EDSRCSD, picture: Picture, width: float, device: torc
                     **options) -> Picture:
     grey = picture.color.size(0) == 1
     rgb = picture.color.expand(3, -1, -1) if grey else picture.color
-    x = rgb.to(device, torch.float32).unsqueeze(0) * model.rgb_range
-    sr = upscale(model, x, width, **options)[0].double().cpu() / model.rgb_range
+    x = model.to_model_range(rgb.to(device, torch.float32).unsqueeze(0), peak=1.0)
+    sr = model.from_model_range(upscale(model, x, width, **options)[0].double().cpu(), peak=1.0)
     if grey:
         sr = sr.mean(0, keepdim=True)
     alpha = None
@@ -111,7 +110,7 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not found:
-                raise ValueError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+                raise ValueError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
             files += found
         elif path.is_file():
             files.append(path)

@@ -123,3 +123,12 @@ def image_pairs(name: str, scale: int) -> list[tuple[str, torch.Tensor, torch.Te
         assert (hr.shape[1] // scale * scale, hr.shape[2] // scale * scale) == (h, w), hr_path
         out.append((stem, lr, hr[:, :h, :w]))
     return out
+
+
+def random_images(folder: Path, count: int, side: int, seed: int = 0) -> str:
+    """A folder of `count` random RGB PNGs of side x side pixels (training tests' data)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return str(folder)

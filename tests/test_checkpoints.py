@@ -236,6 +236,9 @@ def test_res_scale_default_follows_paper_edsr_and_can_be_overridden():
     paper = edsr_pytorch_state(4, f=256, n=32, meta=True)
     assert convert_state_dict(paper)[1]["res_scale"] == 0.1
     assert convert_state_dict(paper, res_scale=0.5)[1]["res_scale"] == 0.5
+    # a slim student cut from it (csd-fast export) keeps the paper's depth, and its res_scale
+    student = edsr_pytorch_state(4, f=64, n=32, meta=True)
+    assert convert_state_dict(student)[1]["res_scale"] == 0.1
     assert convert_state_dict(edsr_pytorch_state(2))[1]["res_scale"] == 1.0
     sd = edsr_pytorch_state(2)
     model = load_checkpoint(sd, res_scale=0.25)

@@ -48,7 +48,7 @@ def test_errors_map_to_the_convention(monkeypatch, capsys, raised, code):
     def command(args):
         raise raised
 
-    monkeypatch.setattr(cli, "cmd_info", command)  # build_parser wires the name up at each call
+    monkeypatch.setattr(cli.command_module("info"), "run", command)  # main looks run up per call
     assert main(["info"]) == code
     assert capsys.readouterr().err == f"csd-fast info: error: {raised}\n"
 
@@ -119,3 +119,68 @@ def test_train_help_lists_every_config_key_with_default_and_meaning(capsys):
 
 def test_every_config_field_has_help():
     assert [name for name, f in FIELDS.items() if not f.metadata.get("help")] == []
+
+
+# --- start-up cost and one device rule ------------------------------------------------------
+
+def test_help_and_import_do_not_load_torch():
+    """`csd-fast --help` and `import csd_fast` answer at once: torch loads on first real use."""
+    import subprocess
+    import sys
+    code = ("import sys, csd_fast, csd_fast.cli as c; c.build_parser(); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
+            "csd_fast.EDSRCSD; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_public_names_resolve():
+    import csd_fast
+    for name in csd_fast.__all__:
+        assert getattr(csd_fast, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        csd_fast.nope
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", [["smoke", "--size", "8"], ["eval", "--data", "x", "--scale", "2"],
+                                     ["upscale", "x.png", "-o", "o", "--checkpoint", "m.safetensors"]])
+def test_cuda_without_a_gpu_is_one_usage_error(command, capsys, tmp_path, images, monkeypatch):
+    if command[0] == "eval":
+        command[2] = str(images)
+    if command[0] == "upscale":
+        command[1] = str(images)
+        command[3] = str(tmp_path / "out")
+        command[5] = str(student_checkpoint(tmp_path / "m.safetensors"))
+    assert main([*command, "--device", "cuda"]) == 2
+    assert capsys.readouterr().err.endswith("device 'cuda' requested but no CUDA device is available\n")
+
+
+# --- export ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fmt, suffix", [("csd_fast", ".safetensors"), ("edsr_pytorch", ".pt"),
+                                         ("basicsr", ".pth")])
+def test_exported_student_evaluates_as_the_student(tmp_path, images, capsys, fmt, suffix):
+    """eval reads the slim file directly, and scores it as the CSD network at its width."""
+    source = student_checkpoint(tmp_path / "csd.safetensors", 0.5)
+    slim = tmp_path / f"slim{suffix}"
+    assert main(["export", str(source), "--format", fmt, "-o", str(slim)]) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert (written["width"], written["n_feats"]) == (0.5, 4)
+    overrides = [f"--{k}" for k in written["load_overrides"]]  # what the file cannot say
+    assert main(["export", str(source), "--format", fmt, "-o", str(slim)]) == 2  # exists
+    assert "--overwrite" in capsys.readouterr().err
+
+    def scores(ckpt, *extra):
+        report = tmp_path / "r.json"
+        assert main(["eval", "--checkpoint", str(ckpt), "--data", str(images), "--device", "cpu",
+                     "--json", str(report), "--csv", "", *extra]) == 0
+        return json.loads(report.read_text())["results"]
+
+    # a BasicSR file does not say its value range: read as [0, 1] images with 255 inside, the
+    # network computes the same, so the scores still agree
+    assert overrides == (["--rgb_range"] if fmt == "basicsr" else [])
+    slim_scores, source_scores = scores(slim), scores(source)  # the source at its own width, 0.5
+    for name, got in slim_scores.items():
+        want = source_scores[name]
+        assert got["model"]["psnr"] == pytest.approx(want["model"]["psnr"], abs=1e-4)
+        assert got["model"]["ssim"] == pytest.approx(want["model"]["ssim"], abs=1e-6)

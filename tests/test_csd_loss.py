@@ -76,6 +76,24 @@ def test_total_objective(vgg):
     torch.testing.assert_close(baseline["total"], F.l1_loss(student, hr))
 
 
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_negatives_from_outside_the_batch(vgg, backend):
+    """negatives_lr (negatives=dataset): K = 5 LR images for a batch of 2, every one a negative
+    of every anchor; exclude_self leaves no pair out here (the draw excluded the anchors' images)."""
+    lr, pool = images(2, 3, 8, 8), images(5, 3, 8, 8)
+    student, teacher, hr = images(2, 3, 16, 16).requires_grad_(), images(2, 3, 16, 16), images(2, 3, 16, 16)
+    loss = CSDLoss(vgg, lambda_c=200, lambda_t=1, neg_num=5, exclude_self=True, backend=backend)
+    terms = loss(student, teacher, hr, lr, 2, negatives_lr=pool)
+    negatives = F.interpolate(pool, scale_factor=2, mode="bicubic", align_corners=False)
+    want = (F.l1_loss(student, hr) + F.l1_loss(teacher, hr)
+            + 200 * reference_contrastive(vgg, student, teacher, negatives))
+    torch.testing.assert_close(terms["total"].double(), want, rtol=1e-5, atol=0)
+    (g,) = torch.autograd.grad(terms["total"], student)
+    (w,) = torch.autograd.grad(want, student)
+    # the float32 ratio: rounding of ~1e-7 of the largest entry
+    torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-6 * float(w.abs().max()))
+
+
 def test_make_negatives():
     lr = images(5, 3, 6, 7)
     negatives, source = make_negatives(lr, 3, 4, torch.Generator().manual_seed(1))

@@ -1,4 +1,5 @@
 """csd-fast demo: a tiny end-to-end run on generated images, and its clear errors."""
+import csv
 import importlib.util
 import json
 import sys
@@ -35,14 +36,25 @@ def test_demo_end_to_end_on_own_data(tmp_path, capsys):
                  "runs/teacher/log.csv", "runs/csd/log.csv", "runs/csd/best.safetensors",
                  "runs/teacher/curves.png", "runs/csd/curves.png"):
         assert (out / name).is_file(), name
+    assert "CSD student vs student alone:" in text
     report = json.loads((out / "results.json").read_text())
-    assert {"bicubic", "teacher", "student"} <= set(report["results"])
-    assert all(np.isfinite(report["results"][k]["psnr"]) for k in ("bicubic", "teacher", "student"))
+    methods = ("bicubic", "student_alone", "student", "teacher", "csd_teacher", "slim_student")
+    assert set(report["results"]) == set(methods)
+    assert all(np.isfinite(report["results"][k]["psnr"]) for k in methods)
+    # the student trained alone ran as long as the CSD student's two stages together
+    assert [int(r["iteration"]) for r in csv.DictReader(open(out / "runs/student_alone/log.csv"))][-1] == 4
+    # the exported slim network is the CSD student: same scores, its parameters only
+    assert report["results"]["slim_student"] == report["results"]["student"]
+    assert report["params"]["slim_student"] == report["params"]["student"]
+    assert set(report["cpu_ms_per_image"]) == {"teacher", "slim_student"}
+    assert all(v > 0 for v in report["cpu_ms_per_image"].values())
+    table = (out / "table.txt").read_text()
+    assert "student alone (L1, width 0.5)" in table and "exported slim student" in table
     assert report["train_images"] == ["img0.png", "img1.png", "img2.png"]
     assert report["heldout_images"] == ["img3.png"]
     assert report["params"]["student"] < report["params"]["teacher"]
     with Image.open(out / "side_by_side.png") as im:
-        assert im.size[0] > im.size[1]  # four columns, one row
+        assert im.size[0] > 4 * im.size[1]  # five columns, one row
     with Image.open(out / "training_curves.png") as im:
         assert im.size == (720, 830)  # both stages in one figure: L1, contrastive, PSNR panels
         colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
@@ -81,7 +93,7 @@ def test_missing_folder_is_a_clear_error(tmp_path, capsys):
 
 
 def test_missing_scikit_image_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(demo, "_skimage_spec", lambda: None)
+    monkeypatch.setattr(demo.photos, "_skimage_spec", lambda: None)
     assert cli_main(["demo", "--output", str(tmp_path / "o"), *TINY]) == 2
     err = capsys.readouterr().err
     assert "pip install scikit-image" in err and "--data" in err

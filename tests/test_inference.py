@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from csd_fast import EDSRCSD
-from csd_fast.inference import receptive_radius, self_ensemble, tile_count, tiled, upscale
+from csd_fast.inference import receptive_radius, self_ensemble, tiled, upscale
 
 
 def random_model(scale, blocks=2, n_feats=8):
@@ -77,8 +77,18 @@ def test_self_ensemble_of_an_equivariant_map_is_the_map():
     torch.testing.assert_close(self_ensemble(lambda t: t * 2, x), x * 2)
 
 
-def test_tile_count_and_errors():
-    assert tile_count((1, 3, 100, 50), 32, False) == 4 * 2
-    assert tile_count((1, 3, 100, 50), None, True) == 8
+def test_tile_errors():
     with pytest.raises(ValueError, match="tile >= 1"):
         tiled(lambda t: t, torch.rand(1, 3, 4, 4), 1, tile=0, overlap=0)
+
+
+def test_each_ensemble_transform_is_undone_and_all_eight_differ():
+    from csd_fast.inference import _transform, _untransform
+
+    x = torch.rand(1, 3, 4, 4)
+    seen = []
+    for t in range(8):
+        y = _transform(x, t)
+        torch.testing.assert_close(_untransform(y, t), x, rtol=0, atol=0)
+        assert not any(torch.equal(y, z) for z in seen), f"transform {t} repeats another"
+        seen.append(y)

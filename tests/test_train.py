@@ -19,10 +19,12 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from csd_fast.checkpoint import load_checkpoint
 from csd_fast.losses import CSDLoss
-from csd_fast.train import (KILL_AFTER_ENV, ConfigError, NonFiniteLossError, TrainConfig, load_config,
+from csd_fast.train import (ConfigError, NonFiniteLossError, TrainConfig, load_config,
                             train, trainer)
 from csd_fast.cli import main as cli_main
 from csd_fast.train.curves import STUDENT_COLOUR, TEACHER_COLOUR
+
+from _data import random_images
 
 TINY = dict(scale=2, n_feats=8, n_resblocks=1, lr_patch=8, batch=4, neg_num=2, random_vgg=True,
             width=0.5, progress=False, log_every=1)
@@ -30,11 +32,7 @@ TINY = dict(scale=2, n_feats=8, n_resblocks=1, lr_patch=8, batch=4, neg_num=2, r
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("hr")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
-    return str(folder)
+    return random_images(tmp_path_factory.mktemp("hr"), 4, 32)
 
 
 def tiny(images, out, **kw) -> TrainConfig:
@@ -64,7 +62,7 @@ def test_defaults_are_the_reference_recipe():
 
 def test_numerics_follow_the_device(monkeypatch):
     from csd_fast.train.config import ConfigError
-    from csd_fast.train.trainer import resolve_numerics
+    from csd_fast.train.build import resolve_numerics
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -173,7 +171,7 @@ def test_cli_exit_status_config_error_is_2_failed_run_is_1(images, tmp_path, cap
     common = [f"train_data={images}", f"out_dir={out}", "stage=teacher", "n_feats=8", "n_resblocks=1",
               "scale=2", "lr_patch=8", "batch=4", "progress=false", "tensorboard=false"]
     assert cli_main(["train", *common, "batch=0"]) == 2
-    assert capsys.readouterr().err == "csd-fast train: config error: batch: must be >= 1, got 0\n"
+    assert capsys.readouterr().err == "csd-fast train: error: batch: must be >= 1, got 0\n"
     assert cli_main(["train", *common, "lamda_c=5"]) == 2
     assert "lamda_c: unknown config key" in capsys.readouterr().err
     monkeypatch.setattr(CSDLoss, "forward", lambda self, *a, **k: {"total": torch.tensor(float("nan"))})
@@ -200,7 +198,7 @@ def test_bad_train_data_fails_before_out_dir_exists(images, tmp_path, capsys, co
         train(tiny(images, out, train_data=str(data)))
     assert not (tmp_path / "runs").exists()
     assert cli_main(["train", f"train_data={data}", f"out_dir={out}"]) == 2
-    assert capsys.readouterr().err.startswith("csd-fast train: config error: train_data: ")
+    assert capsys.readouterr().err.startswith("csd-fast train: error: train_data: ")
     assert not (tmp_path / "runs").exists()
 
 
@@ -329,10 +327,15 @@ def test_tensorboard_off_by_config_or_missing_package(images, tmp_path, capsys, 
 # --- exact resume after SIGKILL ---------------------------------------------------------------
 
 KILLED_RUN = textwrap.dedent("""
-    import sys, torch, yaml
+    import os, signal, sys, torch, yaml
     torch.set_num_threads(int(sys.argv[2]))
     from csd_fast.train import TrainConfig, train
-    train(TrainConfig(**yaml.safe_load(open(sys.argv[1]))))
+
+    def die_after_4(iteration, path):  # as sudden as a power cut: no cleanup runs
+        if iteration == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train(TrainConfig(**yaml.safe_load(open(sys.argv[1]))), on_checkpoint=die_after_4)
 """)
 
 
@@ -342,10 +345,9 @@ def test_resume_after_sigkill_is_exact(images, tmp_path):
 
     cfg = tiny(images, tmp_path / "killed", **common)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-    env = {**os.environ, KILL_AFTER_ENV: "4"}
     # cwd outside the repository: the child must import the installed csd_fast
     proc = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path / "cfg.yaml"),
-                           str(torch.get_num_threads())], env=env, capture_output=True, text=True,
+                           str(torch.get_num_threads())], capture_output=True, text=True,
                           cwd=tmp_path)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["iteration"] == 4
@@ -486,5 +488,9 @@ def test_resume_refuses_a_different_run_and_bad_val_data(images, tmp_path):
     with pytest.raises(ValueError, match="width: .*must keep it"):
         train(tiny(images, tmp_path / "run", stage="teacher", iterations=4, width=0.25, val_data=None),
               resume=True)
+    for key, value in (("negatives", "dataset"), ("neg_num", 3), ("rgb_range", 1.0)):
+        with pytest.raises(ValueError, match=f"{key}: .*must keep it"):
+            train(tiny(images, tmp_path / "run", stage="teacher", iterations=4, val_data=None,
+                       **{key: value}), resume=True)
     with pytest.raises(ConfigError, match="val_data: .*nowhere"):
         train(tiny(images, tmp_path / "other", stage="teacher", val_data=str(tmp_path / "nowhere")))

@@ -1,13 +1,16 @@
 """DDP on CPU (gloo): every training step of 2 processes equals the step 1 process takes
 from the same state, for every stage, including CSD's contrastive term (a ratio of global
-batch means, with negatives drawn from the global batch).
+batch means, with negatives drawn from the global batch, or with negatives=dataset from the
+training set: every rank draws the same K, more than the batch holds).
 
 The runs are compared step by step, each single-process step resuming from the DDP run's
 own checkpoint, rather than as two 3-step trajectories. Two processes sum a batch's
 gradient in another order than one process, so their weights differ by float32 rounding
 (about 1e-8) after a step; a later step can turn that into a visible difference when a
 ReLU or max-pool input in VGG or the model sits within rounding of its kink. Measured on
-this test's setup: one process, weights after step 2 perturbed by 1e-8 noise, moved the
+this test's setup (then with 4 training images; 6 now, so that exclude-self with
+negatives=dataset has images to draw from): one process, weights after step 2 perturbed
+by 1e-8 noise, moved the
 weights after step 3 by 9e-6 (contrastive) to 2.1e-5 (exclude-self), the size of the
 DDP-vs-one-process gap the trajectory comparison used to report for exclude-self. Per
 step, from equal states, the two agree to rounding whatever the SIMD level: measured
@@ -43,7 +46,11 @@ STAGES = {"teacher": dict(stage="teacher"),
           "csd": CONTRASTIVE,
           "csd_exclude_self": dict(CONTRASTIVE, exclude_self=True),
           "csd_exclude_self_reference": dict(CONTRASTIVE, exclude_self=True,
-                                             loss_backend="reference")}
+                                             loss_backend="reference"),
+          # K = 6 > the global batch of 4; exclusion leaves 2 of the 6 images at least
+          "csd_dataset": dict(CONTRASTIVE, negatives="dataset", neg_num=6),
+          "csd_dataset_exclude_self": dict(CONTRASTIVE, negatives="dataset", neg_num=6,
+                                           exclude_self=True)}
 
 
 def free_port() -> int:
@@ -101,7 +108,7 @@ def gradients(state: dict) -> dict[str, torch.Tensor]:
 
 
 def test_every_step_of_two_processes_matches_one(tmp_path):
-    images = str(noise_folder(tmp_path / "hr", count=4, seed=1))
+    images = str(noise_folder(tmp_path / "hr", count=6, seed=1))
     ports = [free_port() for _ in range(len(STAGES) * STEPS)]
     mp.spawn(worker, args=(2, ports, images, str(tmp_path)), nprocs=2)
     first_moments = {}
@@ -122,7 +129,7 @@ def test_every_step_of_two_processes_matches_one(tmp_path):
         first_moments[name] = gradients(one)
     # the contrastive term moves the gradient far beyond the tolerance above: a DDP run that
     # got it wrong (per-rank ratios, per-rank negatives, per-rank exclusions) would fail
-    for name in ("csd", "csd_exclude_self"):
+    for name in ("csd", "csd_exclude_self", "csd_dataset", "csd_dataset_exclude_self"):
         gap = max(float(((first_moments[name][k] - first_moments["csd_l1"][k]).abs().max())
                          / first_moments["csd_l1"][k].abs().max()) for k in first_moments[name])
         assert gap > 1e-2, (name, gap)

@@ -74,20 +74,25 @@ def test_capturable_state_moves_with_the_setting():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA_READY, reason="needs a CUDA GPU and the CUDA kernels")
+@pytest.mark.parametrize("dataset_negatives", [False, True], ids=["batch_negatives", "dataset_negatives"])
 @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
-def test_cuda_graph_step_matches_eager(amp_dtype):
+def test_cuda_graph_step_matches_eager(amp_dtype, dataset_negatives):
     """8 steps, a learning-rate decay after step 5: replaying the captured step (and
-    recapturing it at the decay) lands where eager steps land."""
+    recapturing it at the decay) lands where eager steps land; with dataset negatives
+    (6 > the batch of 4, new ones each step) fed through the graph's buffer too."""
     results = []
     for use_graph in (False, True):
         model, vgg, lr, hr = tiny_setup("cuda")
         model.to(memory_format=torch.channels_last)
         step, optimizer = make_step(model, vgg, amp_dtype, use_graph, grad_clip=1.0)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 5, 0.1)
+        pool = torch.rand(6, 3, 12, 12, device="cuda", generator=torch.Generator("cuda").manual_seed(1)) * 255
         losses = []
         for i in range(8):
             x = (lr + i).contiguous(memory_format=torch.channels_last)
-            losses.append(float(step(x, hr, torch.Generator().manual_seed(i))["total"]))
+            negatives = pool.roll(i, 0) if dataset_negatives else None
+            losses.append(float(step(x, hr, torch.Generator().manual_seed(i),
+                                     negatives=negatives)["total"]))
             scheduler.step()
         results.append((losses, [p.detach().clone() for p in model.parameters()]))
     (eager_losses, eager_params), (graph_losses, graph_params) = results

@@ -132,6 +132,15 @@ class EDSRCSD(nn.Module):
             rgb_mean=list(self.rgb_mean),
         )
 
+    def to_model_range(self, pixels: torch.Tensor, peak: float = 255.0) -> torch.Tensor:
+        """Images with values in [0, peak] (255: 8-bit pixels, 1: a [0, 1] picture) as the
+        network's input, in [0, rgb_range]: every caller goes through here, none assumes a range."""
+        return pixels if peak == self.rgb_range else pixels * (self.rgb_range / peak)
+
+    def from_model_range(self, output: torch.Tensor, peak: float = 255.0) -> torch.Tensor:
+        """The network's output, in [0, rgb_range], as values in [0, peak]."""
+        return output if peak == self.rgb_range else output / (self.rgb_range / peak)
+
     @property
     def backend(self) -> str:
         return self._backend

@@ -203,6 +203,20 @@ def _stored_width(path: PathLike, metadata: dict[str, str]) -> float | None:
     return width
 
 
+def _is_training_state(contents: object) -> bool:
+    return isinstance(contents, Mapping) and isinstance(contents.get("model_config"), Mapping) \
+        and isinstance(contents.get("model"), Mapping)
+
+
+def _training_state_config(path: PathLike, contents: Mapping) -> tuple[dict, float | None]:
+    """(hyper-parameters, default_width) of a trainer state file (`csd-fast train`'s last.pt
+    and best.pt), which stores the model's config beside its state dict."""
+    width = contents.get("default_width")
+    if width is not None and not (isinstance(width, (int, float)) and 0.0 < width <= 1.0):
+        raise ValueError(f"{path}: training state with a damaged default_width {width!r}")
+    return dict(contents["model_config"]), None if width is None else float(width)
+
+
 def load_checkpoint(
     source: PathLike | Mapping,
     *,
@@ -220,7 +234,8 @@ def load_checkpoint(
     overrides pin hyper-parameters (res_scale, rgb_range, img_range, rgb_mean).
     dtype: the model's dtype; default the checkpoint's.
 
-    The model returned carries default_width: the width the checkpoint says its weights
+    Trainer state files (`csd-fast train`'s last.pt and best.pt) load with the hyper-parameters
+    they store. The model returned carries default_width: the width the checkpoint says its weights
     are meant to run at (save_checkpoint's default_width; a CSD run's best.safetensors
     records its student's), or None when it does not say (older files, other layouts).
     """
@@ -231,6 +246,9 @@ def load_checkpoint(
         contents, metadata = read_file(source, map_location)
         stored = _stored_config(source, metadata or {})
         default_width = _stored_width(source, metadata or {})
+        if not stored and _is_training_state(contents):
+            stored, default_width = _training_state_config(source, contents)
+            contents = contents["model"]
         if stored:
             if layout not in ("auto", "csd_fast"):
                 raise ValueError(f"{source}: is a csd_fast checkpoint, not layout {layout!r}")

@@ -226,7 +226,9 @@ def _build_config(state: Mapping, lay: Layout, overrides: dict) -> dict:
                 f"{key}={overrides[key]!r} was requested but the {lay.name} weights have "
                 f"{key}={structure[key]}"
             )
-    paper = structure["n_feats"] == 256 and structure["n_resblocks"] == 32
+    # res_scale is in no foreign layout: 32 blocks is the paper's EDSR (res_scale 0.1) and
+    # every student cut from it; other depths are EDSR-baseline-like (1)
+    paper = structure["n_resblocks"] == 32
     config = dict(structure, res_scale=0.1 if paper else 1.0, rgb_mean=list(RGB_MEAN), **lay.defaults)
     config.update({k: v for k, v in overrides.items() if v is not None})
     config["rgb_mean"] = [float(m) for m in config["rgb_mean"]]

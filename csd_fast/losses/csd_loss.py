@@ -32,10 +32,12 @@ def draw_negative_sources(batch: int, count: int,
     return torch.randperm(batch, generator=generator)[:count]
 
 
-def upsample_negatives(lr: torch.Tensor, source: torch.Tensor, scale: int) -> torch.Tensor:
-    """lr[source] bicubic-upsampled (PyTorch's bicubic, as the reference), detached."""
+def upsample_negatives(lr: torch.Tensor, source: torch.Tensor | None, scale: int) -> torch.Tensor:
+    """lr[source] (all of lr for None) bicubic-upsampled (PyTorch's bicubic, as the
+    reference), detached."""
     with torch.no_grad():
-        return F.interpolate(lr[source], scale_factor=scale, mode="bicubic", align_corners=False)
+        return F.interpolate(lr if source is None else lr[source], scale_factor=scale,
+                             mode="bicubic", align_corners=False)
 
 
 def make_negatives(lr: torch.Tensor, scale: int, count: int,
@@ -120,29 +122,38 @@ class CSDLoss(nn.Module):
                 lr: torch.Tensor, scale: int, generator: torch.Generator | None = None, *,
                 lr_pool: torch.Tensor | None = None, pool_offset: int = 0,
                 negative_sources: torch.Tensor | None = None,
+                negatives_lr: torch.Tensor | None = None,
                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
         """Under DDP, lr_pool is the global batch's LR (this rank's lr is
         lr_pool[pool_offset : pool_offset + B]): the negatives are drawn from it with the same
         generator state on every rank, as one process would draw them; reduce averages the
         contrastive distances over ranks (see ContrastiveLoss.forward). negative_sources,
         indices into the pool (or lr) on its device, replaces the draw from `generator`:
-        a CUDA-graph step passes them in a fixed buffer."""
+        a CUDA-graph step passes them in a fixed buffer.
+
+        negatives_lr (K, C, h, w), any K, replaces the negatives from the batch
+        (negatives=dataset): LR images drawn from outside the batch, every one a negative of
+        every anchor. No pair is left out here; exclude_self is the draw's part, which takes
+        none of them from an anchor's image (csd_fast.train.sampling.DatasetNegatives)."""
         terms = {"l1_student": F.l1_loss(student, hr)}
         total = terms["l1_student"]
         if self.lambda_t:
             terms["l1_teacher"] = F.l1_loss(teacher, hr)
             total = total + self.lambda_t * terms["l1_teacher"]
         if self.lambda_c:
-            pool = lr if lr_pool is None else lr_pool
-            if negative_sources is None:
-                negative_sources = draw_negative_sources(pool.size(0), self.neg_num, generator)
-            source = negative_sources.to(pool.device)
-            negatives = upsample_negatives(pool, source, scale)
             local = None
-            if self.exclude_self:  # pool index -> this batch's index; -1: not an anchor here
-                local = source - pool_offset
-                local = torch.where((local >= 0) & (local < student.size(0)), local,
-                                    torch.full_like(local, -1))
+            if negatives_lr is not None:
+                negatives = upsample_negatives(negatives_lr.to(student.device), None, scale)
+            else:
+                pool = lr if lr_pool is None else lr_pool
+                if negative_sources is None:
+                    negative_sources = draw_negative_sources(pool.size(0), self.neg_num, generator)
+                source = negative_sources.to(pool.device)
+                negatives = upsample_negatives(pool, source, scale)
+                if self.exclude_self:  # pool index -> this batch's index; -1: not an anchor here
+                    local = source - pool_offset
+                    local = torch.where((local >= 0) & (local < student.size(0)), local,
+                                        torch.full_like(local, -1))
             positive = teacher.detach() if self.t_detach else teacher
             terms["contrastive"] = self.contrastive(student, positive, negatives, local, reduce)
             total = total + self.lambda_c * terms["contrastive"]

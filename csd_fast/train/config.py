@@ -14,6 +14,7 @@ STAGES = ("teacher", "csd", "student")
 PRESET_NAMES = ("edsr-baseline", "edsr")
 AMP_MODES = ("auto", None, "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+NEGATIVE_SOURCES = ("batch", "dataset")
 
 
 class ConfigError(ValueError):
@@ -40,13 +41,19 @@ class TrainConfig:
     n_resblocks: int | None = option(None, "residual blocks, overriding the preset's")
     n_feats: int | None = option(None, "feature channels at width 1, overriding the preset's")
     res_scale: float | None = option(None, "residual scaling, overriding the preset's")
+    rgb_range: float | None = option(None, "pixel values the network works in, [0, rgb_range]: 255 (the "
+                                           "reference) or 1 (BasicSR); none: the teacher_checkpoint's, else 255")
     width: float = option(0.25, "the student's width ratio in (0, 1] (csd and student stages)")
     # loss
-    neg_num: int = option(10, "negatives per anchor, drawn from the batch (<= batch)")
+    neg_num: int = option(10, "negatives per anchor (K); <= batch with negatives=batch")
+    negatives: str = option("batch", "where the negatives come from: batch (the reference: neg_num "
+                                     "items of the batch) or dataset (neg_num LR patches drawn from "
+                                     "the training set each step, any neg_num)")
     lambda_c: float = option(200.0, "weight of the contrastive term (0: none, and no VGG19)")
     lambda_t: float = option(1.0, "weight of the teacher's L1 term (csd stage)")
     t_detach: bool = option(True, "stop gradients through the teacher as the contrastive positive")
-    exclude_self: bool = option(False, "keep an anchor's own upsampled input out of its negatives")
+    exclude_self: bool = option(False, "keep an anchor's own upsampled input out of its negatives "
+                                       "(negatives=dataset: no negative from any batch item's image)")
     loss_backend: str = option("auto", "contrastive distance: fused (csd_fast's op), reference, or "
                                        "auto (fused where the compiled kernels run)")
     # data
@@ -94,8 +101,10 @@ class TrainConfig:
         return d
 
     def model_kwargs(self) -> dict:
+        """The model hyper-parameters this config sets, beyond its preset."""
         return {k: v for k, v in (("n_resblocks", self.n_resblocks), ("n_feats", self.n_feats),
-                                  ("res_scale", self.res_scale)) if v is not None}
+                                  ("res_scale", self.res_scale), ("rgb_range", self.rgb_range))
+                if v is not None}
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -222,6 +231,7 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("n_resblocks",):
         need(getattr(cfg, key) is None or getattr(cfg, key) >= 0, key, "must be >= 0")
     need(cfg.n_feats is None or cfg.n_feats >= 1, "n_feats", "must be >= 1")
+    need(cfg.rgb_range is None or cfg.rgb_range > 0, "rgb_range", "must be > 0")
     need(cfg.num_workers >= 0, "num_workers", "must be >= 0")
     need(cfg.lr > 0, "lr", "must be > 0")
     need(cfg.eps > 0, "eps", "must be > 0")
@@ -231,9 +241,12 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.lambda_c >= 0, "lambda_c", "must be >= 0")
     need(cfg.lambda_t >= 0, "lambda_t", "must be >= 0")
     need(cfg.seed >= 0, "seed", "must be >= 0")
-    if cfg.stage == "csd" and cfg.lambda_c > 0:
+    need(cfg.negatives in NEGATIVE_SOURCES, "negatives", f"must be one of {NEGATIVE_SOURCES}")
+    if cfg.stage == "csd" and cfg.lambda_c > 0 and cfg.negatives == "batch":
         # the reference draws the K negatives from the batch itself
-        need(cfg.neg_num <= cfg.batch, "neg_num", f"must be <= batch ({cfg.batch}): negatives come from the batch")
+        need(cfg.neg_num <= cfg.batch, "neg_num", f"must be <= batch ({cfg.batch}) with negatives=batch, "
+             "where the negatives are items of the batch (negatives=dataset draws any number from "
+             "the training set)")
 
 
 def parse_override(item: str) -> tuple[str, str]:

@@ -47,8 +47,9 @@ def _points(rows: list[dict], key: str | None, offset: int) -> Points:
 
 
 def _panel(draw, box, title: str, series: list[tuple[str, tuple, Points]], x_max: float,
-           marks: list[float]) -> None:
-    """A line chart in box (x0, y0, x1, y1): axes, min/max labels, one legend line per series."""
+           marks: list[float], x_end: str | None = None) -> None:
+    """A line chart in box (x0, y0, x1, y1): axes, min/max labels, one legend line per series.
+    x_end labels the right end of the x axis (default: x_max iterations)."""
     x0, y0, x1, y1 = box
     series = [s for s in series if s[2]]
     pts = [p for _, _, s in series for p in s]
@@ -74,7 +75,7 @@ def _panel(draw, box, title: str, series: list[tuple[str, tuple, Points]], x_max
     draw.text((x1 + 4, y0), f"{hi:.4g}", fill=(0, 0, 0))
     draw.text((x1 + 4, y1 - 10), f"{lo:.4g}", fill=(0, 0, 0))
     draw.text((x0, y1 + 4), "0", fill=(0, 0, 0))
-    draw.text((x1 - 60, y1 + 4), f"{int(x_max)} it", fill=(0, 0, 0))
+    draw.text((x1 - 60, y1 + 4), x_end or f"{int(x_max)} it", fill=(0, 0, 0))
 
 
 def training_curves(runs: Sequence[tuple[str, list[dict]]], path: str | os.PathLike, width: float,

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .._device import resolve_device
+
 
 @dataclass
 class Dist:
@@ -63,25 +65,17 @@ class Dist:
             dist.destroy_process_group()
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' requested but no CUDA device is available")
-    return torch.device("cuda", local_rank)
-
-
 def setup(device_name: str) -> Dist:
     """Join the process group when torchrun's RANK/WORLD_SIZE are set (or one exists already)."""
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-        device = pick_device(device_name, int(os.environ.get("LOCAL_RANK", rank)))
+        device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", rank)))
         return Dist(rank, world, device, owns_group=False)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist(0, 1, pick_device(device_name), owns_group=False)
+        return Dist(0, 1, resolve_device(device_name, 0), owns_group=False)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(device_name, local_rank)
+    device = resolve_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)

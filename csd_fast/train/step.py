@@ -6,11 +6,12 @@ than the GPU needs for it at CSD's patch sizes; captured once in a CUDA graph an
 replayed, the whole step is one launch and the GPU never waits for Python.
 
 What a graph fixes at capture is kept fixed or fed through buffers: the batch and the
-negatives' indices are copied into static tensors before each replay (the indices are
-still drawn on the CPU from the run's seed, so a graph run and an eager run see the same
-negatives), and the learning rate is captured as a number, so the step is recaptured
-when the scheduler changes it. Graphs need a single process (DDP's collectives run
-eagerly), no fp16 loss scaling (GradScaler reads the gradients on the host), and CUDA.
+negatives' indices (or, with negatives=dataset, the negatives' LR patches) are copied into
+static tensors before each replay (the indices are still drawn on the CPU from the run's
+seed, so a graph run and an eager run see the same negatives), and the learning rate is
+captured as a number, so the step is recaptured when the scheduler changes it. Graphs
+need a single process (DDP's collectives run eagerly), no fp16 loss scaling (GradScaler
+reads the gradients on the host), and CUDA.
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ WARMUP_STEPS = 3
 
 
 class TrainStep:
-    """Callable (lr, hr, generator[, pool, pool_offset]) -> the loss terms (tensors)."""
+    """Callable (lr, hr, generator[, pool, pool_offset, negatives]) -> the loss terms
+    (tensors). negatives: the step's negatives as LR images drawn outside the batch
+    (negatives=dataset, on lr's device); None draws them from the batch (or pool)."""
 
     def __init__(self, net: nn.Module, params: list[nn.Parameter], loss_fn: CSDLoss,
                  optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scale: int,
@@ -51,38 +54,44 @@ class TrainStep:
         return draw_negative_sources(batch, self.loss_fn.neg_num, generator)
 
     def __call__(self, lr: torch.Tensor, hr: torch.Tensor, generator: torch.Generator,
-                 pool: torch.Tensor | None = None, pool_offset: int = 0) -> dict:
-        sources = self.negative_sources((lr if pool is None else pool).size(0), generator)
+                 pool: torch.Tensor | None = None, pool_offset: int = 0,
+                 negatives: torch.Tensor | None = None) -> dict:
+        sources = None if negatives is not None else \
+            self.negative_sources((lr if pool is None else pool).size(0), generator)
         if not self.use_graph:
-            return self._eager(lr, hr, sources, pool, pool_offset)
+            return self._eager(lr, hr, sources, pool, pool_offset, negatives)
         if self._eager_steps < WARMUP_STEPS:
             self._eager_steps += 1
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                terms = self._eager(lr, hr, sources, pool, pool_offset)
+                terms = self._eager(lr, hr, sources, pool, pool_offset, negatives)
             torch.cuda.current_stream().wait_stream(side)
             return terms
         key = (tuple(lr.shape), tuple(hr.shape), lr.dtype,
+               None if negatives is None else tuple(negatives.shape),
                tuple(g["lr"] for g in self.optimizer.param_groups))
         if key != self._graph_key:
-            self._capture(lr, hr, sources, key)
+            self._capture(lr, hr, sources, negatives, key)
         self._static["lr"].copy_(lr, non_blocking=True)
         self._static["hr"].copy_(hr, non_blocking=True)
         if sources is not None:
             self._static["sources"].copy_(sources)  # K indices: a tiny synchronous copy
+        if negatives is not None:
+            self._static["negatives"].copy_(negatives, non_blocking=True)
         self._graph.replay()
         self.check_finite(self._static["terms"])
         return self._static["terms"]
 
-    def _forward_loss(self, lr, hr, sources, pool=None, pool_offset=0) -> dict:
+    def _forward_loss(self, lr, hr, sources, pool=None, pool_offset=0, negatives=None) -> dict:
         # autocast's weight cache must stay off under capture: its casts belong in the graph
         with torch.autocast(lr.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
                             cache_enabled=not self.use_graph):
             student, teacher = self.net(lr)
             return self.loss_fn(student.float(), None if teacher is None else teacher.float(),
                                 hr, lr, self.scale, lr_pool=pool, pool_offset=pool_offset,
-                                negative_sources=sources, reduce=self.reduce)
+                                negative_sources=sources, negatives_lr=negatives,
+                                reduce=self.reduce)
 
     def _backward_and_update(self, total: torch.Tensor) -> None:
         self.scaler.scale(total).backward()
@@ -92,26 +101,27 @@ class TrainStep:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
-    def _eager(self, lr, hr, sources, pool, pool_offset) -> dict:
-        terms = self._forward_loss(lr, hr, sources, pool, pool_offset)
+    def _eager(self, lr, hr, sources, pool, pool_offset, negatives) -> dict:
+        terms = self._forward_loss(lr, hr, sources, pool, pool_offset, negatives)
         self.check_finite(terms)  # before the update: the weights stay the last good ones
         self.optimizer.zero_grad(set_to_none=True)
         self._backward_and_update(terms["total"])
         return terms
 
-    def _capture(self, lr, hr, sources, key) -> None:
+    def _capture(self, lr, hr, sources, negatives, key) -> None:
         """Records one whole step into a new graph; the batch and negatives given are its
         first replay's inputs."""
         self._graph = None  # the old graph's memory pool goes back to the allocator
         static = {"lr": lr.clone(), "hr": hr.clone()}
-        static_sources = None
         if sources is not None:
-            static_sources = sources.to(lr.device)
-            static["sources"] = static_sources
+            static["sources"] = sources.to(lr.device)
+        if negatives is not None:
+            static["negatives"] = negatives.to(lr.device, copy=True)
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            terms = self._forward_loss(static["lr"], static["hr"], static_sources)
+            terms = self._forward_loss(static["lr"], static["hr"], static.get("sources"),
+                                       negatives=static.get("negatives"))
             self._backward_and_update(terms["total"])
         static["terms"] = terms
         self._graph, self._graph_key, self._static = graph, key, static
