@@ -88,6 +88,23 @@ def cudnn_dirs():
     return None
 
 
+def nvrtc_dirs(cuda_home):
+    """(folder of nvrtc.h, folder of libnvrtc, its file name), or None. The cuDNN
+    frontend headers include nvrtc.h and call NVRTC to compile engines at run time; a
+    runtime-only toolkit may lack both, which torch's pip CUDA wheels then provide."""
+    roots = [cuda_home] + [d for r in pip_package_dirs()
+                           for d in sorted(glob.glob(os.path.join(r, "nvidia", "*")))]
+    include = next((os.path.join(r, "include") for r in roots
+                    if os.path.exists(os.path.join(r, "include", "nvrtc.h"))), None)
+    for root in roots:
+        for folder in ("lib64", "lib"):
+            names = [os.path.basename(f) for f in glob.glob(os.path.join(root, folder, "libnvrtc.so*"))]
+            names = sorted((n for n in names if "builtins" not in n and ".alt." not in n), key=len)
+            if include and names:
+                return include, os.path.join(root, folder), names[0]
+    return None
+
+
 def cudnn_frontend_include():
     """The header-only C++ graph API shipped by the nvidia-cudnn-frontend package."""
     from importlib import metadata
@@ -123,6 +140,7 @@ def configure_cuda():
     cuda_home = find_cuda_home()
     cudnn = cudnn_dirs()
     frontend = cudnn_frontend_include()
+    nvrtc = nvrtc_dirs(cuda_home) if cuda_home else None
     if torch.version.cuda is None:
         reason = f"torch {torch.__version__} was built without CUDA"
     elif cuda_home is None:
@@ -131,6 +149,9 @@ def configure_cuda():
         reason = "no cuDNN headers beside torch (the nvidia-cudnn-cu* wheel)"
     elif frontend is None:
         reason = "the cuDNN frontend headers are missing: pip install nvidia-cudnn-frontend"
+    elif nvrtc is None:
+        reason = (f"NVRTC (nvrtc.h and libnvrtc.so, which the cuDNN frontend needs) is neither "
+                  f"in {cuda_home} nor in a pip nvidia-* package")
     if reason:
         if flag == "1":
             sys.exit(f"csd_fast build: CSD_FAST_CUDA=1 but {reason}")
@@ -138,7 +159,7 @@ def configure_cuda():
     os.environ["CUDA_HOME"] = cuda_home
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
-    return dict(home=cuda_home, cudnn=cudnn, frontend=frontend), None
+    return dict(home=cuda_home, cudnn=cudnn, frontend=frontend, nvrtc=nvrtc), None
 
 
 def cpu_capability():
@@ -191,7 +212,8 @@ def extensions():
     ] + (["-DCSD_FAST_WITH_CUDA"] if with_cuda else [])
     # csd_fast._C uses only CPython's stable ABI, so one wheel serves every Python >= 3.10
     limited_api = ["-DPy_LIMITED_API=0x030A0000"]
-    cxx = ["-O3", "-fdiagnostics-color=always"] + CPU_CAPABILITY_FLAGS[capability] + defines
+    # -g0: Python's own CFLAGS carry -g, which made the .so 59 MB and the build slower
+    cxx = ["-O3", "-g0", "-fdiagnostics-color=always"] + CPU_CAPABILITY_FLAGS[capability] + defines
     kwargs = dict(
         name="csd_fast._C",
         sources=sources,
@@ -202,11 +224,13 @@ def extensions():
     if not with_cuda:
         return [CppExtension(**kwargs)]
     cudnn_include, cudnn_lib = cuda["cudnn"]
-    kwargs["include_dirs"] += pip_cuda_include_dirs() + [cudnn_include, cuda["frontend"]]
+    nvrtc_include, nvrtc_lib, nvrtc_name = cuda["nvrtc"]
+    kwargs["include_dirs"] += list(dict.fromkeys(
+        pip_cuda_include_dirs() + [cudnn_include, cuda["frontend"], nvrtc_include]))
     kwargs["extra_compile_args"]["nvcc"] = ["-O3"] + defines
-    # the graph API calls cuDNN directly; torch has already loaded this very library
-    kwargs["library_dirs"] = [cudnn_lib]
-    kwargs["extra_link_args"] = ["-l:libcudnn.so.9"]
+    # The graph API calls cuDNN and NVRTC directly; torch has already loaded both.
+    kwargs["library_dirs"] = [cudnn_lib, nvrtc_lib]
+    kwargs["extra_link_args"] = ["-l:libcudnn.so.9", f"-l:{nvrtc_name}"]
     return [CUDAExtension(**kwargs)]
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Everything a lent GPU session should do, in one call: build with CUDA kernels, run
-# the test suite (CUDA cases included), the GPU baselines (per layer and whole network,
+# Everything a lent GPU session should do, in one call: build with CUDA kernels (about a
+# minute on 16 cores), run the test suite (CUDA cases first: the ops against float64,
+# which path ran, the graphs the model builds against the deviceless engine list, CUDA-
+# graph inference against eager, the training step's capture), the GPU baselines (per layer and whole network,
 # against eager and torch.compile), compute-sanitizer memcheck over one call per CUDA
 # conv path and racecheck over the contrastive kernel, the CUDA benchmark suite, and the
 # negatives_scaling group (K 1 .. 64 at B16 HR192: time, peak memory, and its plot).
@@ -62,9 +64,11 @@ grep -E "csrc/.*warning" "$OUT/build.log" | head -n 20 >"$OUT/build_warnings.txt
 # from outside the source tree, so the installed package is the one imported
 (cd /tmp && python3 -c "import csd_fast; print(csd_fast.build_info())") | tee "$OUT/build_info.txt"
 
-# the conv ops and the CUDA-graph step first: what the baselines' numbers rest on
-step tests tests.log 170 pytest tests/test_sliced_conv_cuda.py tests/test_sliced_conv.py \
-    tests/test_train_step.py tests -q -rs --durations=15
+# the conv ops, the model's graphs and the CUDA-graph paths first: what the baselines'
+# numbers rest on
+step tests tests.log 170 pytest tests/test_sliced_conv_cuda.py tests/test_cuda_inference.py \
+    tests/test_cudnn_engines.py tests/test_sliced_conv.py tests/test_train_step.py tests \
+    -q -rs --durations=15
 step baselines baselines.log 170 python3 benchmarks/gpu_baselines.py --max-autotune \
     --json "$OUT/baselines.json"
 # Without the caching allocator every tensor is its own cudaMalloc, so memcheck sees a

@@ -8,13 +8,17 @@ border, so the tiled result equals the untiled one up to float rounding.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import weakref
 from collections.abc import Callable
 
 import torch
 
 from .archs import EDSRCSD
+from .cuda_graphs import GraphCache, weights_key
 from .data.patches import augment
+from .ops.weight_cache import cached_weights
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -79,23 +83,44 @@ def self_ensemble(forward: Forward, x: torch.Tensor) -> torch.Tensor:
 
 def upscale(model: EDSRCSD, x: torch.Tensor, width: float = 1.0, *, ensemble: bool = False,
             tile: int | None = None, overlap: int | None = None,
-            autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+            autocast_dtype: torch.dtype | None = None, cuda_graphs: bool = True) -> torch.Tensor:
     """SR of a float batch (N, 3, h, w) in [0, rgb_range]; returns float32, unclamped.
 
     tile: LR tile size (None: whole image). overlap defaults to the receptive field
     radius, which makes tiling exact. autocast_dtype: torch.bfloat16 / torch.float16
-    to run the network under autocast.
+    to run the network under autocast. On CUDA each forward of an input signature seen
+    before is replayed from a captured CUDA graph (csd_fast.cuda_graphs); cuda_graphs=False
+    runs everything eagerly. The fused ops pack each weight slice once per call.
     """
     if overlap is None:
         overlap = receptive_radius(model)
+    graphs = graph_cache(model)
+    graphs.enabled = cuda_graphs
+    key = (width, autocast_dtype, weights_key(model))
+
+    def eager(t: torch.Tensor) -> torch.Tensor:
+        # autocast's cast cache stays off: it must, inside a CUDA-graph capture, and
+        # one forward casts each weight once anyway
+        with torch.autocast(t.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None,
+                            cache_enabled=False):
+            return model(t, width).float()
 
     def forward(t: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(t.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            return model(t, width).float()
+        return graphs(eager, t, key)
 
     def run(t: torch.Tensor) -> torch.Tensor:
         return tiled(forward, t, model.scale, tile, overlap) if tile else forward(t)
 
-    with torch.inference_mode():
+    packing = cached_weights() if model.backend == "fused" else contextlib.nullcontext()
+    with torch.inference_mode(), packing:
         return self_ensemble(run, x) if ensemble else run(x)
 
+
+_GRAPHS: weakref.WeakKeyDictionary[EDSRCSD, GraphCache] = weakref.WeakKeyDictionary()
+
+
+def graph_cache(model: EDSRCSD) -> GraphCache:
+    """The model's captured inference graphs, kept while the model lives."""
+    if model not in _GRAPHS:
+        _GRAPHS[model] = GraphCache()
+    return _GRAPHS[model]

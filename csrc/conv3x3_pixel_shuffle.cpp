@@ -39,15 +39,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_pixel_shuffle_backward_co
           unpack_grad(grad_w, weight, spec), unpack_grad(grad_b, weight, spec)};
 }
 
-at::Tensor pixel_shuffle_phases(const at::Tensor& conv, int64_t upscale_factor) {
+at::Tensor pixel_shuffle_phase_order(const at::Tensor& conv, int64_t upscale_factor) {
   const int64_t s = upscale_factor;
   TORCH_CHECK(conv.dim() == 4 && s >= 1 && conv.size(1) % (s * s) == 0,
-              "pixel_shuffle_phases: expected (N, s*s*C, H, W) with s = ", s, ", got shape ",
-              conv.sizes());
-  const int64_t c = conv.size(1) / (s * s);
-  auto out = at::empty({conv.size(0), c, conv.size(2) * s, conv.size(3) * s},
-                       conv.options().memory_format(kChannelsLast));
-  for (int64_t i = 0; i < s; ++i) shuffle_phase(out, s, i).copy_(conv.narrow(1, i * s * c, s * c));
+              "pixel_shuffle_phase_order: expected (N, s*s*C, H, W) with s = ", s,
+              ", got shape ", conv.sizes());
+  const int64_t n = conv.size(0), c = conv.size(1) / (s * s), h = conv.size(2), w = conv.size(3);
+  auto out = at::empty({n, c, h * s, w * s}, conv.options().memory_format(kChannelsLast));
+  // both as their NHWC memory, split so that the copy is a permutation of (w, i)
+  const auto source = conv.contiguous(kChannelsLast).permute({0, 2, 3, 1}).view({n, h, w, s, s * c});
+  out.permute({0, 2, 3, 1}).view({n, h, s, w, s * c}).copy_(source.permute({0, 1, 3, 2, 4}));
   return out;
 }
 
@@ -63,15 +64,14 @@ TORCH_LIBRARY_FRAGMENT(csd_fast, m) {
       "conv3x3_pixel_shuffle_backward(Tensor grad_output, Tensor input, Tensor weight, "
       "int channels, int in_channels, int upscale_factor, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
-  // The pixel shuffle of a conv output whose rows are in sub-pixel order (i, j, c),
-  // written phase by phase through the strided views the CUDA upsampler's convolutions
-  // write into (shuffle_phase); channels-last (N, C, H * s, W * s). For tests of that
-  // layout on any device.
-  m.def("pixel_shuffle_phases(Tensor conv, int upscale_factor) -> Tensor");
+  // The pixel shuffle of a conv output whose channels are in sub-pixel order (i, j, c),
+  // as the CUDA upsampler does it after its packed conv; channels-last
+  // (N, C, H * s, W * s). An op so that tests check that layout on any device.
+  m.def("pixel_shuffle_phase_order(Tensor conv, int upscale_factor) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(csd_fast, CompositeExplicitAutograd, m) {
-  m.impl("pixel_shuffle_phases", &csd_fast::pixel_shuffle_phases);
+  m.impl("pixel_shuffle_phase_order", &csd_fast::pixel_shuffle_phase_order);
 }
 
 // The composition is the CPU kernel: oneDNN runs the convolutions at the CPU's GEMM peak,

@@ -101,16 +101,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_backward(const at::Tensor
 // The gradient of the channel prefix, placed in a tensor of the input's full shape.
 at::Tensor full_input_grad(const at::Tensor& grad_prefix, const at::Tensor& input);
 
-
-// The view of an NHWC (N, C, s*H, s*W) tensor that holds sub-pixel row phase i as an
-// (N, s*C, H, W) tensor whose channel j*C + c is output channel c at (s*h + i, s*w + j):
-// offset i*s*W*C, strides (n, 1, s*s*W*C, s*C). A conv whose rows are in (i, j, c) order
-// (PackSpec::shuffle) writes the pixel-shuffled image through s such views.
-at::Tensor shuffle_phase(const at::Tensor& shuffled_nhwc, int64_t s, int64_t i);
-
-// The pixel shuffle of an (N, s*s*C, H, W) conv output with rows in (i, j, c) order,
-// copied phase by phase through shuffle_phase views; channels-last (N, C, s*H, s*W).
-at::Tensor pixel_shuffle_phases(const at::Tensor& conv, int64_t upscale_factor);
+// The pixel shuffle of an (N, s*s*C, H, W) conv output whose channels are in sub-pixel
+// order (i, j, c) (PackSpec::shuffle), as one channels-last (N, C, s*H, s*W) copy: in
+// NHWC memory the conv output is [n, h, w, i, (j, c)] and the shuffled image
+// [n, h, i, w, (j, c)], so the copy moves contiguous runs of s*C values.
+at::Tensor pixel_shuffle_phase_order(const at::Tensor& conv, int64_t upscale_factor);
 
 // ---- residual_block's pieces both devices use (residual_block.cpp) -------------------
 

@@ -136,13 +136,4 @@ at::Tensor full_input_grad(const at::Tensor& grad_prefix, const at::Tensor& inpu
   return full;
 }
 
-at::Tensor shuffle_phase(const at::Tensor& shuffled_nhwc, int64_t s, int64_t i) {
-  TORCH_INTERNAL_ASSERT(shuffled_nhwc.is_contiguous(kChannelsLast) && 0 <= i && i < s);
-  const int64_t n = shuffled_nhwc.size(0), c = shuffled_nhwc.size(1);
-  const int64_t h = shuffled_nhwc.size(2) / s, w = shuffled_nhwc.size(3) / s;
-  return shuffled_nhwc.as_strided({n, s * c, h, w},
-                                  {shuffled_nhwc.stride(0), 1, s * s * w * c, s * c},
-                                  shuffled_nhwc.storage_offset() + i * s * w * c);
-}
-
 }  // namespace csd_fast

@@ -12,9 +12,16 @@
 // (EMA updates, manual surgery) use. So caching is for a scope whose caller promises
 // frozen weights, such as deployment; switching it off drops every entry.
 //
-// An entry is keyed by the source TensorImpl and holds a weak reference to it: while
-// the entry exists the address cannot be reused by another tensor, and a source that
-// died is seen as expired.
+// An entry is keyed by the source TensorImpl, its storage, data pointer and device, and
+// holds weak references to the TensorImpl and the storage: while the entry exists
+// neither address can be reused by another object, and a source or storage that died is
+// seen as expired. The storage catches what keeps the TensorImpl and its version but
+// swaps the memory, Module.to() and `param.data = ...`, even where the allocator hands
+// back the old address. The version catches an optimizer step and load_state_dict.
+//
+// While a CUDA graph is being captured the cache is bypassed: the graph must record the
+// packing itself, because a pack cached outside it would be replayed stale after the
+// next optimizer step.
 #include <ATen/ATen.h>
 #include <c10/core/TensorImpl.h>
 #include <c10/util/intrusive_ptr.h>
@@ -25,6 +32,10 @@
 
 #include "sliced_conv.h"
 
+#ifdef CSD_FAST_WITH_CUDA
+#include <c10/cuda/CUDAGraphsC10Utils.h>
+#endif
+
 namespace csd_fast {
 namespace {
 
@@ -34,18 +45,24 @@ constexpr size_t kSweepAt = 1024;
 
 struct Key {
   const c10::TensorImpl* source;
+  const c10::StorageImpl* storage;
+  const void* data;
+  c10::Device device;
   int64_t out_channels, in_channels, shuffle;
   double scale;
   at::ScalarType dtype;
   bool operator==(const Key& o) const {
-    return source == o.source && out_channels == o.out_channels && in_channels == o.in_channels &&
+    return source == o.source && storage == o.storage && data == o.data && device == o.device &&
+           out_channels == o.out_channels && in_channels == o.in_channels &&
            shuffle == o.shuffle && scale == o.scale && dtype == o.dtype;
   }
 };
 
 struct KeyHash {
   size_t operator()(const Key& k) const {
-    size_t h = std::hash<const void*>()(k.source);
+    size_t h = std::hash<const void*>()(k.source) * 1000003u ^ std::hash<const void*>()(k.storage);
+    h = h * 1000003u ^ std::hash<const void*>()(k.data);
+    h = h * 1000003u ^ std::hash<c10::Device>()(k.device);
     for (int64_t v : {k.out_channels, k.in_channels, k.shuffle, static_cast<int64_t>(k.dtype)}) {
       h = h * 1000003u ^ std::hash<int64_t>()(v);
     }
@@ -57,8 +74,11 @@ using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorIm
 
 struct Entry {
   WeakImpl source;
+  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
   int64_t version;
   at::Tensor packed;
+
+  bool expired() const { return source.expired() || storage.expired(); }
 };
 
 struct Cache {
@@ -106,17 +126,31 @@ at::Tensor pack(const at::Tensor& source, const PackSpec& spec, bool is_weight) 
   return packed;
 }
 
+bool capturing_cuda_graph(const at::Tensor& source) {
+#ifdef CSD_FAST_WITH_CUDA
+  return source.is_cuda() &&
+         c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+#else
+  (void)source;
+  return false;
+#endif
+}
+
 at::Tensor cached_pack(const at::Tensor& source, const PackSpec& spec, bool is_weight) {
   auto& c = cache();
   // Inference tensors carry no version counter, so nothing could tell when they change.
-  if (!c.enabled.load() || source.is_inference()) return pack(source, spec, is_weight);
-  const Key key{source.unsafeGetTensorImpl(), spec.out_channels, is_weight ? spec.in_channels : -1,
-                spec.shuffle, spec.scale, spec.dtype};
+  if (!c.enabled.load() || source.is_inference() || capturing_cuda_graph(source)) {
+    return pack(source, spec, is_weight);
+  }
+  const Key key{source.unsafeGetTensorImpl(), source.storage().unsafeGetStorageImpl(),
+                source.const_data_ptr(), source.device(),
+                spec.out_channels, is_weight ? spec.in_channels : -1, spec.shuffle, spec.scale,
+                spec.dtype};
   const int64_t version = source._version();
   {
     std::lock_guard<std::mutex> lock(c.mutex);
     auto it = c.entries.find(key);
-    if (it != c.entries.end() && !it->second.source.expired() && it->second.version == version) {
+    if (it != c.entries.end() && !it->second.expired() && it->second.version == version) {
       ++c.hits;
       return it->second.packed;
     }
@@ -126,11 +160,12 @@ at::Tensor cached_pack(const at::Tensor& source, const PackSpec& spec, bool is_w
   std::lock_guard<std::mutex> lock(c.mutex);
   if (c.entries.size() >= kSweepAt) {
     for (auto it = c.entries.begin(); it != c.entries.end();) {
-      it = it->second.source.expired() ? c.entries.erase(it) : std::next(it);
+      it = it->second.expired() ? c.entries.erase(it) : std::next(it);
     }
     if (c.entries.size() >= 2 * kSweepAt) c.entries.clear();
   }
-  c.entries.insert_or_assign(key, Entry{WeakImpl(source.getIntrusivePtr()), version, packed});
+  c.entries.insert_or_assign(key, Entry{WeakImpl(source.getIntrusivePtr()),
+                                        source.storage().getWeakStorageImpl(), version, packed});
   return packed;
 }
 

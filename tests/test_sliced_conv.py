@@ -305,18 +305,19 @@ def test_float32_master_weights_with_a_low_precision_input(dtype, device):
     assert rows[6:].max() == 0 and rows[:6].min() > 0  # sliced_conv3x3 read rows [:6] only
 
 
-def test_pixel_shuffle_phases_matches_pixel_shuffle(device):
-    """The phase views the CUDA upsampler writes through: a conv output with rows in
-    sub-pixel order (i, j, c), copied phase by phase, is the pixel shuffle of the same
-    output in PyTorch's order (c, i, j)."""
+def test_pixel_shuffle_phase_order_matches_pixel_shuffle(device):
+    """The CUDA upsampler's shuffle: a conv output with channels in sub-pixel order
+    (i, j, c), moved in one copy, is the pixel shuffle of the same output in PyTorch's
+    order (c, i, j), whatever the conv output's layout."""
     for s, c, h, w in [(2, 3, 4, 5), (3, 2, 3, 7), (2, 1, 1, 1), (4, 2, 2, 3)]:
         natural = torch.randn(2, c * s * s, h, w, dtype=D, device=device)
         phase_order = natural.reshape(2, c, s * s, h, w).transpose(1, 2).reshape(2, -1, h, w)
-        got = torch.ops.csd_fast.pixel_shuffle_phases(phase_order, s)
-        assert got.is_contiguous(memory_format=CL)
-        torch.testing.assert_close(got, F.pixel_shuffle(natural, s), rtol=0, atol=0)
+        for conv in (phase_order, phase_order.contiguous(memory_format=CL)):
+            got = torch.ops.csd_fast.pixel_shuffle_phase_order(conv, s)
+            assert got.is_contiguous(memory_format=CL)
+            torch.testing.assert_close(got, F.pixel_shuffle(natural, s), rtol=0, atol=0)
     with pytest.raises(RuntimeError, match="s\\*s\\*C"):
-        torch.ops.csd_fast.pixel_shuffle_phases(torch.randn(1, 6, 2, 2), 2)
+        torch.ops.csd_fast.pixel_shuffle_phase_order(torch.randn(1, 6, 2, 2), 2)
 
 
 def test_weight_cache_is_off_by_default_and_sees_in_place_updates():

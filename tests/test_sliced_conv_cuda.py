@@ -1,6 +1,6 @@
-"""CUDA sliced-conv ops: the fused cuDNN graphs (bf16/fp16: conv -> bias -> ReLU /
-residual, the upsampler writing the shuffled layout, the block's dgrad with its ReLU
-mask) and ATen's cuDNN convolution (fp32, fp64, the fallbacks), against the
+"""CUDA sliced-conv ops: the fused cuDNN graphs (bf16/fp16: conv -> bias -> ReLU,
+conv -> residual -> bias, the upsampler's packed conv and its one shuffle copy, the
+block's dgrad with its ReLU mask) and ATen's cuDNN convolution (fp32, fp64, the fallbacks), against the
 plain-PyTorch references run in float64.
 
 Every tensor is random (normal), weights are full-size layers of which the op must read
@@ -170,7 +170,7 @@ SHUFFLE_WIDTHS = {
     "x2w64of64": (64, 64, 4 * 64, 64, 2),
     "x2w256of256": (256, 256, 4 * 256, 256, 2),
     "x3w16of64": (16, 16, 9 * 64, 64, 3),
-    "x2c3": (3, 16, 12, 16, 2),  # odd channel count: the phase views lose alignment
+    "x2c3": (3, 16, 12, 16, 2),  # odd channel count: 12 packed rows, unaligned runs of 6
     "x3c5": (5, 24, 9 * 8, 32, 3),
 }
 
@@ -213,8 +213,8 @@ def conv_call(op, dtype, in_c=64, layout="channels_last"):
 
 
 OPS = ["sliced_conv3x3", "residual_block", "conv3x3_pixel_shuffle"]
-# graphs one call runs: one conv; the block's two convs; the upsampler's two row phases
-GRAPHS_PER_CALL = {"sliced_conv3x3": 1, "residual_block": 2, "conv3x3_pixel_shuffle": 2}
+# graphs one call runs: one conv; the block's two convs; the upsampler's packed conv
+GRAPHS_PER_CALL = {"sliced_conv3x3": 1, "residual_block": 2, "conv3x3_pixel_shuffle": 1}
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -260,15 +260,58 @@ def test_graph_and_aten_paths_agree(monkeypatch):
         assert_close(aten, want, torch.bfloat16)
 
 
-def test_upsampler_writes_the_shuffled_layout_directly():
-    """Row phase i of the shuffled output, as the strided view the conv writes through,
-    holds output channel c of sub-pixel (i, j) at channel j*C + c."""
+def test_upsampler_runs_one_packed_graph():
+    """The upsampler is one conv over all s*s*C packed rows (no per-phase convs, no
+    staging workspace) and one copy into the shuffled layout."""
     x = make_input(1, 64, 6, 10, torch.bfloat16, "channels_last")
     weight, bias = make_layer(4 * 64, 64, torch.bfloat16)
     got, moved = counted(lambda: conv3x3_pixel_shuffle(x, weight, bias, 64, 64, 2))
     want = conv3x3_pixel_shuffle_reference(*as64(x, weight, bias), 64, 64, 2)
     assert_close(got, want, torch.bfloat16)
-    assert moved["runs"] == 2, f"the strided-output graph was not taken: {moved}"
+    assert moved["runs"] == 1 and moved["fallbacks"] == 0, moved
+
+
+def test_residual_block_backward_fuses_the_relu_mask():
+    """bf16 backward of a block: conv2's dgrad with hidden's ReLU mask runs as one graph,
+    built once (its engine compiled at run time) and then reused; gradients match."""
+    fused, ref, leaves, used = grad_case("residual_block", torch.bfloat16, "channels_last")
+    for _ in range(2):
+        out = fused(leaves)
+        upstream = torch.randn_like(out)
+        before = graph_counts()
+        got = torch.autograd.grad(out, [leaves[i] for i in used], upstream)
+        torch.cuda.synchronize()
+        moved = {k: graph_counts()[k] - before[k] for k in before}
+    assert moved["runs"] == 2 and moved["fallbacks"] == 0 and moved["built"] == 0, moved
+    assert graph_counts()["runtime_compiled"] >= 1
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    want = torch.autograd.grad(ref(leaves64), [leaves64[i] for i in used], upstream.double())
+    for g, w in zip(got, want):
+        assert_close(g, w, torch.bfloat16, units=8)
+
+
+def test_autotune_with_cudnn_benchmark():
+    """torch.backends.cudnn.benchmark: a new key builds every candidate plan and times
+    them on its first call; the result is still right and later calls reuse the plan."""
+    x = make_input(2, 48, 13, 17, torch.bfloat16, "channels_last")
+    weight, bias = make_layer(48, 48, torch.bfloat16)
+    want = sliced_conv3x3_reference(*as64(x, weight, bias), 48, 48, relu=True)
+    with torch.backends.cudnn.flags(enabled=True, benchmark=True):
+        first, moved = counted(lambda: sliced_conv3x3(x, weight, bias, 48, 48, relu=True))
+        again, moved_again = counted(lambda: sliced_conv3x3(x, weight, bias, 48, 48, relu=True))
+    assert moved["built"] == 1 and moved["runs"] == 1, moved
+    assert moved_again["built"] == 0 and moved_again["runs"] == 1, moved_again
+    assert_close(first, want, torch.bfloat16)
+    assert torch.equal(first, again)
+
+
+def test_plan_cache_is_bounded():
+    """An evaluation over many image sizes cannot grow the plan cache without limit."""
+    weight, bias = make_layer(8, 8, torch.bfloat16)
+    for width in range(1, 300):
+        x = make_input(1, 8, 3, width, torch.bfloat16, "channels_last")
+        sliced_conv3x3(x, weight, bias, 8, 8)
+    assert len(torch.ops.csd_fast.cudnn_plan_keys()) <= 256
 
 
 # --------------------------------------------------------------------------- opcheck, grads
@@ -349,8 +392,8 @@ def test_gradients_match_reference(dtype, op, layout):
     ("sliced_conv3x3", (32, 16, 64, 64), "relu"),
     ("sliced_conv3x3", (64, 64, 64, 64), "residual"),
     ("residual_block", (16, 64), None),
-    ("conv3x3_pixel_shuffle", (16, 16, 64, 16, 2), None),  # strided phase outputs
-    ("conv3x3_pixel_shuffle", (3, 16, 27, 16, 3), None),   # phase-copy fallback
+    ("conv3x3_pixel_shuffle", (16, 16, 64, 16, 2), None),  # packed conv, one shuffle copy
+    ("conv3x3_pixel_shuffle", (3, 16, 27, 16, 3), None),   # 27 rows: the graph or ATen
     ("fallback_fp32", (16, 16, 16, 16), "relu"),
 ], ids=lambda c: f"{c[0]}-{'x'.join(map(str, c[1]))}-{c[2]}")
 def test_sanitizer_set(case):

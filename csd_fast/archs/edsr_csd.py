@@ -112,6 +112,7 @@ class EDSRCSD(nn.Module):
         # float64 so that a model moved to double keeps the shift exact
         mean = torch.tensor(self.rgb_mean, dtype=torch.float64).view(1, 3, 1, 1)
         self.register_buffer("shift", mean * self.img_range, persistent=False)
+        self._tail_fold = None  # (key, (weight, bias)): see _folded_tail
 
     @classmethod
     def from_preset(cls, preset: str, scale: int = 4, **kwargs) -> "EDSRCSD":
@@ -234,7 +235,6 @@ class EDSRCSD(nn.Module):
         from .. import ops
 
         params = _ParamCast(x)
-        scale_out = self.rgb_range / self.img_range
         y = torch.sub(x * (self.img_range / self.rgb_range), self.shift.to(params.dtype))
         y = y.to(params.dtype, memory_format=torch.channels_last)
         head = ops.sliced_conv3x3(y, *params(self.head), w, 3)
@@ -245,11 +245,36 @@ class EDSRCSD(nn.Module):
         feat = ops.sliced_conv3x3(feat, *params(self.body_conv), w, w, residual=head)
         for up, s in zip(self.upsampler, self.factors):
             feat = ops.conv3x3_pixel_shuffle(feat, *params(up), w, w, s)
-        tail_weight, tail_bias = params(self.tail)
-        tail_bias = tail_bias[:3] + self.shift.view(3).to(tail_bias.dtype)
-        if scale_out != 1.0:
-            tail_weight, tail_bias = tail_weight[:3] * scale_out, tail_bias * scale_out
-        return ops.sliced_conv3x3(feat, tail_weight, tail_bias, 3, w)
+        return ops.sliced_conv3x3(feat, *self._folded_tail(params, x), 3, w)
+
+    def _folded_tail(self, params: "_ParamCast", x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tail's weight and bias with the mean shift and output scale folded in. At
+        inference (no autograd, the ops' weight cache on) they are kept and reused until a
+        weight or the shift changes, so that the conv op finds them in its cache; never
+        inside a CUDA-graph capture, which must record the fold itself."""
+        from ..ops.weight_cache import weights_cached
+
+        weight, bias = params(self.tail)
+        scale_out = self.rgb_range / self.img_range
+
+        def fold() -> tuple[torch.Tensor, torch.Tensor]:
+            folded_bias = bias[:3] + self.shift.view(3).to(bias.dtype)
+            if scale_out == 1.0:
+                return weight, folded_bias
+            return weight[:3] * scale_out, folded_bias * scale_out
+
+        keep = (weights_cached() and not torch.is_grad_enabled() and not weight.is_inference()
+                and not (x.is_cuda and torch.cuda.is_current_stream_capturing()))
+        if not keep:
+            self._tail_fold = None
+            return fold()
+        key = (weight.data_ptr(), weight._version, bias.data_ptr(), bias._version,
+               self.shift.data_ptr(), scale_out)
+        if self._tail_fold is None or self._tail_fold[0] != key:
+            # ordinary tensors, not inference ones: the ops' cache keys on their version
+            with torch.inference_mode(False), torch.no_grad():
+                self._tail_fold = (key, fold())
+        return self._tail_fold[1]
 
 
 class _ParamCast:

@@ -16,7 +16,8 @@ import torch
 
 from .. import _extension
 
-__all__ = ["cached_weights", "clear_weight_cache", "weight_cache_stats", "cudnn_graph_stats"]
+__all__ = ["cached_weights", "clear_weight_cache", "weight_cache_stats", "weights_cached",
+           "cudnn_graph_stats"]
 
 
 @contextlib.contextmanager
@@ -24,12 +25,23 @@ def cached_weights() -> Iterator[None]:
     """Reuse packed weight prefixes within this block. The weights must change only
     through autograd-visible in-place ops (an optimizer step, copy_ under no_grad) while
     it is open, never through `.data`. Leaving the block drops every cached prefix."""
+    global _open_blocks
     _extension.require_extension()
     previous = torch.ops.csd_fast.set_weight_cache_enabled(True)
+    _open_blocks += 1
     try:
         yield
     finally:  # an enclosing block keeps the cache (and these entries) on
+        _open_blocks -= 1
         torch.ops.csd_fast.set_weight_cache_enabled(previous)
+
+
+_open_blocks = 0
+
+
+def weights_cached() -> bool:
+    """Inside a cached_weights() block (in any thread): derived weights may be kept too."""
+    return _open_blocks > 0
 
 
 def clear_weight_cache() -> None:
@@ -46,10 +58,12 @@ def weight_cache_stats() -> dict[str, int]:
 
 def cudnn_graph_stats() -> dict[str, int] | None:
     """Counts since the process started of the CUDA conv ops' fused cuDNN graphs: runs,
-    calls that fell back to ATen's convolution, plans built, and graphs no engine took.
-    None where the extension has no CUDA kernels."""
+    calls that fell back to ATen's convolution, plans built, graphs no engine took, and
+    plans whose engine cuDNN compiled at run time (the training-only fused dgrad). None
+    where the extension has no CUDA kernels."""
     _extension.require_extension()
     if not hasattr(torch.ops.csd_fast, "cudnn_graph_stats"):
         return None
-    runs, fallbacks, built, rejected = torch.ops.csd_fast.cudnn_graph_stats()
-    return {"runs": runs, "fallbacks": fallbacks, "built": built, "rejected": rejected}
+    runs, fallbacks, built, rejected, compiled = torch.ops.csd_fast.cudnn_graph_stats()
+    return {"runs": runs, "fallbacks": fallbacks, "built": built, "rejected": rejected,
+            "runtime_compiled": compiled}

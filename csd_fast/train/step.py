@@ -119,7 +119,10 @@ class TrainStep:
             static["negatives"] = negatives.to(lr.device, copy=True)
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the pinned-memory thread of the DataLoader allocates host memory
+        # while this thread captures, which the default (global) mode counts as an
+        # unsafe call and turns into a failed capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             terms = self._forward_loss(static["lr"], static["hr"], static.get("sources"),
                                        negatives=static.get("negatives"))
             self._backward_and_update(terms["total"])

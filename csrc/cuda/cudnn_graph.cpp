@@ -1,40 +1,35 @@
-// cuDNN graph-API convolutions with fused epilogues (see cudnn_graph.h).
+// Running the conv ops' cuDNN graphs (see cudnn_graph.h): the plan cache, autotuning,
+// the counters, and the ATen fallbacks.
 //
-// cuDNN's runtime-fusion engines run conv -> bias -> ReLU / residual add at the speed of
-// the convolution alone (its output is consumed in registers), where ATen's
-// convolution writes the conv result and then reads it back for each pointwise pass.
-// Graphs are described with the header-only C++ API of the nvidia-cudnn-frontend
-// package and executed on ATen's per-thread cuDNN handle and current stream.
+// cuDNN's fused engines run conv -> bias -> ReLU / residual add at the speed of the
+// convolution alone (its output is consumed in registers), where ATen's convolution
+// writes the conv result and then reads it back for each pointwise pass.
 #include "cuda/cudnn_graph.h"
 
 #include "sliced_conv.h"
 
+#include <ATen/Context.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cudnn/Handle.h>
+#include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <cudnn_frontend.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <list>
 #include <map>
-#include <memory>
-#include <string>
-#include <unordered_map>
 
 namespace csd_fast::cudnn_graph {
 namespace {
 
-namespace fe = cudnn_frontend;
-
-// Tensor uids of every graph here; execution binds device pointers to them.
-constexpr int64_t kX = 1, kW = 2, kB = 3, kResidual = 4, kY = 5, kMask = 6;
-
-enum class Kind : int64_t { kFprop = 0, kDgrad = 1 };
+// An evaluation over many image sizes builds a few plans per size; beyond this many the
+// least recently used go (a training run needs some dozens).
+constexpr size_t kMaxPlans = 256;
 
 struct Counters {
-  std::atomic<int64_t> runs{0}, fallbacks{0}, built{0}, rejected{0};
+  std::atomic<int64_t> runs{0}, fallbacks{0}, built{0}, rejected{0}, runtime_compiled{0};
 };
 
 Counters& counters() {
@@ -42,254 +37,193 @@ Counters& counters() {
   return c;
 }
 
-// A built graph, or the reason no engine took it (kept so the same key fails fast).
-struct Plan {
-  std::shared_ptr<fe::graph::Graph> graph;
+struct CachedPlan {
+  std::shared_ptr<Plan> plan;  // null: no engine takes this graph
   int64_t workspace = 0;
-  std::string rejected;
+  bool autotune_pending = false;
 };
 
 // Plans are tied to the handle that built them, and ATen's handles are per thread, so
-// the cache is per thread too (as ATen's own cuDNN v8 plan cache is).
-using PlanCache = std::map<std::vector<int64_t>, Plan>;
+// the cache is per thread too (as ATen's own cuDNN plan cache is). Least recently used
+// first out.
+class PlanCache {
+ public:
+  using Key = std::vector<int64_t>;
+
+  CachedPlan* find(const Key& key) {
+    auto it = index_.find(key);
+    if (it == index_.end()) return nullptr;
+    order_.splice(order_.begin(), order_, it->second);
+    return &it->second->second;
+  }
+
+  std::vector<Key> keys() const {
+    std::vector<Key> keys;
+    for (const auto& entry : order_) keys.push_back(entry.first);
+    return keys;
+  }
+
+  CachedPlan& insert(Key key, CachedPlan plan) {
+    order_.emplace_front(key, std::move(plan));
+    index_[std::move(key)] = order_.begin();
+    while (order_.size() > kMaxPlans) {
+      index_.erase(order_.back().first);
+      order_.pop_back();
+    }
+    return order_.front().second;
+  }
+
+ private:
+  std::list<std::pair<Key, CachedPlan>> order_;
+  std::map<Key, std::list<std::pair<Key, CachedPlan>>::iterator> index_;
+};
+
 PlanCache& plan_cache() {
   thread_local PlanCache cache;
   return cache;
 }
 
-fe::DataType_t io_type(at::ScalarType t) {
-  return t == at::kHalf ? fe::DataType_t::HALF : fe::DataType_t::BFLOAT16;
+bool env_off(const char* name) {
+  const char* flag = std::getenv(name);
+  return flag != nullptr && std::strcmp(flag, "0") == 0;
 }
 
-std::vector<int64_t> vec(at::IntArrayRef a) { return a.vec(); }
-
-void append_layout(std::vector<int64_t>& key, const at::Tensor& t) {
-  key.insert(key.end(), t.sizes().begin(), t.sizes().end());
-  key.insert(key.end(), t.strides().begin(), t.strides().end());
+bool capturing() {
+  return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
 }
 
-bool aligned16(const at::Tensor& t) {
-  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
-}
-
-std::shared_ptr<fe::graph::Tensor_attributes> input_tensor(fe::graph::Graph& graph, int64_t uid,
-                                                           const char* name,
-                                                           const at::Tensor& t) {
-  return graph.tensor(fe::graph::Tensor_attributes()
-                          .set_name(name)
-                          .set_uid(uid)
-                          .set_dim(vec(t.sizes()))
-                          .set_stride(vec(t.strides()))
-                          .set_data_type(io_type(t.scalar_type())));
-}
-
-// Validates, picks engines (heuristics A, then the fallback list) and builds the plan.
-Plan finish(std::shared_ptr<fe::graph::Graph> graph, cudnnHandle_t handle) {
-  Plan plan;
-  auto fail = [&](const char* stage, fe::error_t status) {
-    plan.rejected = std::string(stage) + ": " + status.get_message();
-    return plan;
-  };
-  auto status = graph->validate();
-  if (status.is_bad()) return fail("validate", status);
-  status = graph->build_operation_graph(handle);
-  if (status.is_bad()) return fail("build_operation_graph", status);
-  status = graph->create_execution_plans({fe::HeurMode_t::A, fe::HeurMode_t::FALLBACK});
-  if (status.is_bad()) return fail("create_execution_plans", status);
-  status = graph->check_support(handle);
-  if (status.is_bad()) return fail("check_support", status);
-  status = graph->build_plans(handle, fe::BuildPlanPolicy_t::HEURISTICS_CHOICE);
-  if (status.is_bad()) return fail("build_plans", status);
-  status = graph->get_workspace_size(plan.workspace);
-  if (status.is_bad()) return fail("get_workspace_size", status);
-  plan.graph = std::move(graph);
-  return plan;
-}
-
-std::shared_ptr<fe::graph::Graph> new_graph(at::ScalarType dtype) {
-  auto graph = std::make_shared<fe::graph::Graph>();
-  graph->set_io_data_type(io_type(dtype))
-      .set_intermediate_data_type(fe::DataType_t::FLOAT)
-      .set_compute_data_type(fe::DataType_t::FLOAT);
-  return graph;
-}
-
-Plan build_fprop(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
-                 const at::Tensor* residual, Epilogue epilogue, const at::Tensor& y,
-                 cudnnHandle_t handle) {
-  auto graph = new_graph(x.scalar_type());
-  auto X = input_tensor(*graph, kX, "x", x);
-  auto W = input_tensor(*graph, kW, "w", w);
-  const int64_t k = w.size(0);
-  auto B = graph->tensor(fe::graph::Tensor_attributes()
-                             .set_name("b")
-                             .set_uid(kB)
-                             .set_dim({1, k, 1, 1})
-                             .set_stride({k, 1, k, k})
-                             .set_data_type(io_type(b.scalar_type())));
-  auto conv = graph->conv_fprop(
-      X, W, fe::graph::Conv_fprop_attributes().set_padding({1, 1}).set_stride({1, 1}).set_dilation({1, 1}));
-  auto out = graph->pointwise(conv, B,
-                              fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::ADD));
-  if (epilogue == Epilogue::kBiasRelu) {
-    out = graph->pointwise(out,
-                           fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::RELU_FWD));
-  } else if (epilogue == Epilogue::kBiasResidual) {
-    auto R = input_tensor(*graph, kResidual, "residual", *residual);
-    out = graph->pointwise(out, R,
-                           fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::ADD));
+CachedPlan build(const GraphSpec& spec, cudnnHandle_t handle) {
+  if (spec.allows_runtime_compilation()) {
+    if (env_off("CSD_FAST_CUDNN_RUNTIME_COMPILE")) {
+      ++counters().rejected;
+      return {};
+    }
+    TORCH_WARN_ONCE(
+        "csd_fast: compiling cuDNN's fused dgrad + ReLU-backward kernel with NVRTC, once per "
+        "training shape and cached for the run; the first steps take longer "
+        "(CSD_FAST_CUDNN_RUNTIME_COMPILE=0 uses the unfused dgrad instead)");
   }
-  out->set_output(true)
-      .set_uid(kY)
-      .set_dim(vec(y.sizes()))
-      .set_stride(vec(y.strides()))
-      .set_data_type(io_type(y.scalar_type()));
-  return finish(std::move(graph), handle);
-}
-
-Plan build_dgrad(const at::Tensor& dy, const at::Tensor& w, const at::Tensor* relu_output,
-                 const at::Tensor& dx, cudnnHandle_t handle) {
-  auto graph = new_graph(dy.scalar_type());
-  auto DY = input_tensor(*graph, kX, "dy", dy);
-  auto W = input_tensor(*graph, kW, "w", w);
-  auto grad = graph->conv_dgrad(
-      DY, W, fe::graph::Conv_dgrad_attributes().set_padding({1, 1}).set_stride({1, 1}).set_dilation({1, 1}));
-  grad->set_dim(vec(dx.sizes()));
-  if (relu_output != nullptr) {
-    auto M = input_tensor(*graph, kMask, "relu_output", *relu_output);
-    grad = graph->pointwise(grad, M,
-                            fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::RELU_BWD));
+  // With torch.backends.cudnn.benchmark on, build every candidate and time them on the
+  // first call, as ATen does for its own convolutions; never while a CUDA graph is being
+  // captured, where nothing may synchronise.
+  const bool tune = at::globalContext().benchmarkCuDNN() && !capturing();
+  PlanInfo info;
+  CachedPlan entry;
+  entry.plan = build_plan(spec, handle, tune, info);
+  if (!entry.plan) {
+    ++counters().rejected;
+    if (std::getenv("CSD_FAST_CUDNN_GRAPH_VERBOSE") != nullptr) {
+      TORCH_WARN("csd_fast: no cuDNN engine for a fused conv graph (", info.error,
+                 "); using ATen's convolution");
+    }
+    return entry;
   }
-  grad->set_output(true)
-      .set_uid(kY)
-      .set_dim(vec(dx.sizes()))
-      .set_stride(vec(dx.strides()))
-      .set_data_type(io_type(dx.scalar_type()));
-  return finish(std::move(graph), handle);
+  ++counters().built;
+  if (info.runtime_compiled) ++counters().runtime_compiled;
+  entry.autotune_pending = tune;
+  entry.workspace = workspace_size(*entry.plan, tune);
+  return entry;
 }
 
-// Looks the plan up (building it on first use) and runs it; false when rejected.
-template <typename Build>
-bool run(std::vector<int64_t> key, const at::Tensor& like,
-         std::unordered_map<int64_t, void*> pointers, Build&& build) {
+// Looks the plan up (building it on first use) and runs it; false when no engine takes
+// the graph.
+bool run(const GraphSpec& spec, const at::Tensor& like,
+         std::unordered_map<int64_t, void*> pointers) {
   const c10::cuda::CUDAGuard guard(like.device());
   cudnnHandle_t handle = at::native::getCudnnHandle();
   AT_CUDNN_CHECK(cudnnSetStream(handle, at::cuda::getCurrentCUDAStream()));
+  auto key = spec.key();
   key.push_back(like.get_device());
   auto& cache = plan_cache();
-  auto it = cache.find(key);
-  if (it == cache.end()) {
-    it = cache.emplace(std::move(key), build(handle)).first;
-    ++(it->second.graph ? counters().built : counters().rejected);
-    if (!it->second.graph && std::getenv("CSD_FAST_CUDNN_GRAPH_VERBOSE") != nullptr) {
-      TORCH_WARN("csd_fast: no cuDNN engine for a fused conv graph (", it->second.rejected,
-                 "); using ATen's convolution");
-    }
-  }
-  const Plan& plan = it->second;
-  if (!plan.graph) {
+  CachedPlan* entry = cache.find(key);
+  if (entry == nullptr) entry = &cache.insert(std::move(key), build(spec, handle));
+  if (!entry->plan) {
     ++counters().fallbacks;
     return false;
   }
-  auto workspace = at::empty({std::max<int64_t>(plan.workspace, 1)},
+  auto workspace = at::empty({std::max<int64_t>(entry->workspace, 1)},
                              like.options().dtype(at::kByte));
-  auto status = plan.graph->execute(handle, pointers, workspace.mutable_data_ptr());
-  TORCH_CHECK(status.is_good(), "csd_fast: cuDNN graph execution failed: ", status.get_message());
+  if (entry->autotune_pending) {
+    autotune(*entry->plan, handle, pointers, workspace.mutable_data_ptr());
+    entry->autotune_pending = false;
+    entry->workspace = workspace_size(*entry->plan, false);
+  }
+  execute(*entry->plan, handle, pointers, workspace.mutable_data_ptr());
   ++counters().runs;
   return true;
 }
 
-bool all_aligned(std::initializer_list<const at::Tensor*> tensors) {
-  for (const at::Tensor* t : tensors) {
-    if (t != nullptr && !aligned16(*t)) return false;
+bool aligned16(const at::Tensor* t) {
+  return t == nullptr || reinterpret_cast<uintptr_t>(t->const_data_ptr()) % 16 == 0;
+}
+
+void* pointer(const at::Tensor& t) { return const_cast<void*>(t.const_data_ptr()); }
+
+bool conv_fprop(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                const at::Tensor* residual, Epilogue epilogue, const at::Tensor& y) {
+  if (!(aligned16(&x) && aligned16(&w) && aligned16(&b) && aligned16(residual) && aligned16(&y))) {
+    ++counters().fallbacks;
+    return false;
   }
-  return true;
+  std::unordered_map<int64_t, void*> pointers{
+      {kX, pointer(x)}, {kW, pointer(w)}, {kB, pointer(b)}, {kY, y.data_ptr()}};
+  if (residual != nullptr) pointers[kResidual] = pointer(*residual);
+  return run(fprop_spec(x, w, residual, epilogue, y), x, std::move(pointers));
+}
+
+bool conv_dgrad(const at::Tensor& dy, const at::Tensor& w, const at::Tensor* relu_output,
+                const at::Tensor& dx) {
+  if (!(aligned16(&dy) && aligned16(&w) && aligned16(relu_output) && aligned16(&dx))) {
+    ++counters().fallbacks;
+    return false;
+  }
+  std::unordered_map<int64_t, void*> pointers{{kX, pointer(dy)}, {kW, pointer(w)}, {kY, dx.data_ptr()}};
+  if (relu_output != nullptr) pointers[kMask] = pointer(*relu_output);
+  return run(dgrad_spec(dy, w, relu_output, dx), dy, std::move(pointers));
+}
+
+at::Tensor nhwc_like(const at::Tensor& t, int64_t channels) {
+  return at::empty({t.size(0), channels, t.size(2), t.size(3)},
+                   t.options().memory_format(at::MemoryFormat::ChannelsLast));
 }
 
 }  // namespace
 
 bool eligible(const at::Tensor& input) {
-  const char* flag = std::getenv("CSD_FAST_CUDNN_GRAPH");
-  if (flag != nullptr && std::strcmp(flag, "0") == 0) return false;
-  return input.is_cuda() && (input.scalar_type() == at::kHalf ||
-                             input.scalar_type() == at::kBFloat16);
-}
-
-bool conv_fprop(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
-                const at::Tensor* residual, Epilogue epilogue, const at::Tensor& y) {
-  TORCH_INTERNAL_ASSERT((epilogue == Epilogue::kBiasResidual) == (residual != nullptr));
-  if (!all_aligned({&x, &w, &b, residual, &y})) {
-    ++counters().fallbacks;
-    return false;
-  }
-  std::vector<int64_t> key{static_cast<int64_t>(Kind::kFprop), static_cast<int64_t>(epilogue),
-                           static_cast<int64_t>(x.scalar_type())};
-  append_layout(key, x);
-  append_layout(key, w);
-  append_layout(key, y);
-  if (residual != nullptr) append_layout(key, *residual);
-  std::unordered_map<int64_t, void*> pointers{{kX, const_cast<void*>(x.const_data_ptr())},
-                                              {kW, const_cast<void*>(w.const_data_ptr())},
-                                              {kB, const_cast<void*>(b.const_data_ptr())},
-                                              {kY, y.data_ptr()}};
-  if (residual != nullptr) pointers[kResidual] = const_cast<void*>(residual->const_data_ptr());
-  return run(std::move(key), x, std::move(pointers), [&](cudnnHandle_t handle) {
-    return build_fprop(x, w, b, residual, epilogue, y, handle);
-  });
-}
-
-bool conv_dgrad(const at::Tensor& dy, const at::Tensor& w, const at::Tensor* relu_output,
-                const at::Tensor& dx) {
-  if (!all_aligned({&dy, &w, relu_output, &dx})) {
-    ++counters().fallbacks;
-    return false;
-  }
-  std::vector<int64_t> key{static_cast<int64_t>(Kind::kDgrad), relu_output != nullptr,
-                           static_cast<int64_t>(dy.scalar_type())};
-  append_layout(key, dy);
-  append_layout(key, w);
-  append_layout(key, dx);
-  if (relu_output != nullptr) append_layout(key, *relu_output);
-  std::unordered_map<int64_t, void*> pointers{{kX, const_cast<void*>(dy.const_data_ptr())},
-                                              {kW, const_cast<void*>(w.const_data_ptr())},
-                                              {kY, dx.data_ptr()}};
-  if (relu_output != nullptr) pointers[kMask] = const_cast<void*>(relu_output->const_data_ptr());
-  return run(std::move(key), dy, std::move(pointers), [&](cudnnHandle_t handle) {
-    return build_dgrad(dy, w, relu_output, dx, handle);
-  });
+  return !env_off("CSD_FAST_CUDNN_GRAPH") && input.is_cuda() &&
+         (input.scalar_type() == at::kHalf || input.scalar_type() == at::kBFloat16);
 }
 
 at::Tensor fused_conv3x3(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
                          const at::Tensor* residual, Epilogue epilogue) {
-  auto y = at::empty({x.size(0), w.size(0), x.size(2), x.size(3)},
-                     x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto y = nhwc_like(x, w.size(0));
   if (eligible(x) && conv_fprop(x, w, b, residual, epilogue, y)) return y;
   y = conv3x3(x, w, b);
   if (epilogue == Epilogue::kBiasRelu) y.relu_();
-  if (epilogue == Epilogue::kBiasResidual) y.add_(*residual);
+  if (residual != nullptr) y.add_(*residual);
   return y;
 }
 
 at::Tensor fused_dgrad3x3(const at::Tensor& dy, const at::Tensor& w, const at::Tensor* relu_output,
                           int64_t in_channels) {
-  auto dx = at::empty({dy.size(0), in_channels, dy.size(2), dy.size(3)},
-                      dy.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto dx = nhwc_like(dy, in_channels);
   if (eligible(dy) && conv_dgrad(dy, w, relu_output, dx)) return dx;
+  if (relu_output != nullptr && eligible(dy) && conv_dgrad(dy, w, nullptr, dx)) {
+    // the fused graph could not be built: the plain dgrad graph, then the mask
+    return at::threshold_backward_out(dx, dx, *relu_output, 0);
+  }
   // ATen needs an input only for its shape: dx stands in for it
   dx = std::get<0>(conv3x3_backward(dy, dx, w, {true, false, false}));
   if (relu_output != nullptr) at::threshold_backward_out(dx, dx, *relu_output, 0);
   return dx;
 }
 
+std::vector<std::vector<int64_t>> plan_keys() { return plan_cache().keys(); }
+
 std::vector<int64_t> stats() {
   auto& c = counters();
-  return {c.runs.load(), c.fallbacks.load(), c.built.load(), c.rejected.load()};
+  return {c.runs.load(), c.fallbacks.load(), c.built.load(), c.rejected.load(),
+          c.runtime_compiled.load()};
 }
 
 }  // namespace csd_fast::cudnn_graph
-
-TORCH_LIBRARY_FRAGMENT(csd_fast, m) {
-  // {graphs run, calls that fell back to ATen, plans built, graphs no engine took}
-  // since the process started: tells tests and benchmarks which path ran.
-  m.def("cudnn_graph_stats() -> int[]", &csd_fast::cudnn_graph::stats);
-}

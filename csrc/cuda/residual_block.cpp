@@ -1,7 +1,8 @@
 // CUDA kernels of csd_fast::residual_block: two fused cuDNN graphs forward
-// (conv1 -> bias -> ReLU into hidden; conv2 -> bias -> + x, res_scale folded into the
+// (conv1 -> bias -> ReLU into hidden; conv2 -> + x -> bias, res_scale folded into the
 // packed conv2), and backward the input gradient of conv2 with hidden's ReLU mask
-// fused into its dgrad; weight and bias gradients from ATen's cuDNN convolution.
+// fused into its dgrad (an engine cuDNN compiles at run time, once per training shape);
+// weight and bias gradients from ATen's cuDNN convolution.
 #include <torch/library.h>
 
 #include "cuda/cudnn_graph.h"
@@ -28,7 +29,7 @@ std::tuple<at::Tensor, at::Tensor> residual_block_cuda(const at::Tensor& input,
   auto hidden = cudnn_graph::fused_conv3x3(x, packed_weight(weight1, spec1),
                                            packed_bias(bias1, spec1), nullptr, Epilogue::kBiasRelu);
   auto out = cudnn_graph::fused_conv3x3(hidden, packed_weight(weight2, spec2),
-                                        packed_bias(bias2, spec2), &x, Epilogue::kBiasResidual);
+                                        packed_bias(bias2, spec2), &x, Epilogue::kResidualBias);
   return {out.contiguous(caller_format(input)), hidden};
 }
 

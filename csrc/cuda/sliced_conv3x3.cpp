@@ -1,6 +1,6 @@
 // CUDA kernels of csd_fast::sliced_conv3x3: the forward as one fused cuDNN graph
-// (conv -> bias -> ReLU, or -> + residual with res_scale folded into the packed weight
-// and bias); the backward is the ATen composition, whose ReLU mask precedes both the
+// (conv -> bias -> ReLU, or conv -> + residual -> + bias with res_scale folded into the
+// packed weight and bias); the backward is the ATen composition, whose ReLU mask precedes both the
 // input and the weight gradient and so cannot ride in a dgrad epilogue.
 #include <torch/library.h>
 
@@ -26,7 +26,7 @@ at::Tensor sliced_conv3x3_cuda(const at::Tensor& input, const at::Tensor& weight
   auto epilogue = relu ? cudnn_graph::Epilogue::kBiasRelu : cudnn_graph::Epilogue::kBias;
   if (has_residual) {
     skip = residual->contiguous(kChannelsLast);
-    epilogue = cudnn_graph::Epilogue::kBiasResidual;
+    epilogue = cudnn_graph::Epilogue::kResidualBias;
   }
   auto out = cudnn_graph::fused_conv3x3(input_prefix_nhwc(input, in_channels),
                                         packed_weight(weight, spec), packed_bias(bias, spec),
