@@ -15,7 +15,7 @@ from tqdm import tqdm
 from ._atomic import atomic_write_bytes
 from ._device import resolve_device
 from .archs import EDSRCSD
-from .data import SRFolder, imresize, read_image, write_png
+from .data import SRFolder, check_image, imresize, write_png
 from .inference import upscale
 from .metrics import psnr, quantize_uint8, ssim
 
@@ -27,9 +27,48 @@ def to_uint8(img: torch.Tensor) -> torch.Tensor:
     return quantize_uint8(img).to(torch.uint8)
 
 
+def open_datasets(data: Sequence[str | os.PathLike | SRFolder], scale: int) -> list[SRFolder]:
+    """Each folder as an SRFolder at scale (layout found, headers read, sizes checked); folders
+    already opened are kept. Two sets of one name would share their rows and saved images."""
+    datasets = []
+    for item in data:
+        dataset = item if isinstance(item, SRFolder) else SRFolder(item, scale)
+        if dataset.scale != scale:
+            raise ValueError(f"dataset {dataset.root} was opened at x{dataset.scale}, not x{scale}")
+        datasets.append(dataset)
+    names = [d.name for d in datasets]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"two dataset folders are both named {twice[0]!r}; their results would mix")
+    return datasets
+
+
+def check_images(datasets: Sequence[SRFolder]) -> None:
+    """Raise the ImageReadError of the first image that would not read (check_image: a PNG's
+    checksums, other formats decoded), so that a broken file is an error of its own before any
+    work, not one after a progress bar and some written files."""
+    for path in input_images(datasets):
+        check_image(path)
+
+
+def input_images(datasets: Sequence[SRFolder]) -> list[Path]:
+    """Every image file the datasets read, HR and LR."""
+    return [path for d in datasets for pair in d.pairs for path in (pair.hr_path, pair.lr_path)
+            if path is not None]
+
+
+def saved_image_paths(datasets: Sequence[SRFolder], folder: str | os.PathLike) -> list[Path]:
+    """Where evaluate(save_images=folder) writes each SR image."""
+    return [_saved_image(folder, d.name, pair.name) for d in datasets for pair in d.pairs]
+
+
+def _saved_image(folder: str | os.PathLike, dataset: str, image: str) -> Path:
+    return Path(folder) / dataset / f"{image}.png"
+
+
 def evaluate(
     model: EDSRCSD | None,
-    data: Sequence[str | os.PathLike],
+    data: Sequence[str | os.PathLike | SRFolder],
     scale: int,
     *,
     width: float = 1.0,
@@ -44,6 +83,9 @@ def evaluate(
 ) -> dict:
     """Mean PSNR/SSIM per dataset folder, for the model (if given) and for bicubic.
 
+    data: folders, or SRFolders from open_datasets (whose images the caller has checked).
+    model: an EDSRCSD, or anything with its inference interface (export.onnx_session.OnnxModel).
+    With progress, the images of the folders opened here are checked (check_images) first.
     Returns {set name: {"model": {"psnr", "ssim"}, "bicubic": {...}, "images": [...]}}.
     """
     if dtype not in DTYPES:
@@ -54,11 +96,9 @@ def evaluate(
             raise ValueError(f"the model upscales x{model.scale} but --scale is {scale}")
         model = model.to(device).eval()
         model.channels(width)  # validates width before any image is read
-    # every folder found and its headers read before any work; with a progress bar, every
-    # image decoded too, so that a broken file is an error of its own and not one after a bar
-    datasets = [SRFolder(root, scale) for root in data]
+    datasets = open_datasets(data, scale)
     if progress:
-        _decode_all(datasets)
+        check_images([d for d, item in zip(datasets, data) if d is not item])
     results = {}
     for dataset in datasets:
         rows = []
@@ -77,7 +117,7 @@ def evaluate(
                 row["psnr"] = psnr(sr, hr, crop=scale, y_channel=y_channel)
                 row["ssim"] = ssim(sr, hr, crop=scale, y_channel=y_channel)
                 if save_images is not None:
-                    write_png(Path(save_images) / dataset.name / f"{name}.png", sr)
+                    write_png(_saved_image(save_images, dataset.name, name), sr)
             rows.append(row)
             bar.update(1)
         bar.close()
@@ -86,15 +126,6 @@ def evaluate(
             summary["model"] = _means(rows, "")
         results[dataset.name] = summary
     return results
-
-
-def _decode_all(datasets: list[SRFolder]) -> None:
-    """Raise the ImageReadError of the first image that does not decode."""
-    for dataset in datasets:
-        for pair in dataset.pairs:
-            for path in (pair.hr_path, pair.lr_path):
-                if path is not None:
-                    read_image(path)
 
 
 def _means(rows: list[dict], prefix: str) -> dict:

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from ._atomic import atomic_write_bytes
+from ._outputs import check_folder, check_outputs
 from .archs import EDSRCSD
 from .data import IMAGE_SUFFIXES, imresize
 from .inference import upscale
-
 
 
 class UnreadableImage(ValueError):
@@ -124,35 +124,12 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
-def plan_outputs(files: list[Path], folder: Path, overwrite: bool = False) -> list[tuple[Path, Path]]:
+def plan_outputs(files: list[Path], folder: Path, overwrite: bool = False,
+                 checkpoint: Path | None = None) -> list[tuple[Path, Path]]:
     """(input, output PNG) pairs, refused before any work when an output would replace an input
-    (the same file, however named: links, ../, case-insensitive names) or, without overwrite,
-    any other existing file."""
-    if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"-o {folder}: exists and is not a folder")
+    image or the checkpoint (however named) or, without overwrite, any other existing file."""
+    check_folder("-o", folder)
     plan = [(f, folder / f"{f.stem}.png") for f in files]
-    inputs = {_file_id(f): f for f in files}
-    clashes = [(out, inputs[_file_id(out)]) for _, out in plan if out.exists() and _file_id(out) in inputs]
-    if clashes:
-        shown = _some(f"{out}" if str(out) == str(inp) else f"{out} (the input {inp})" for out, inp in clashes)
-        raise FileExistsError(f"refusing to overwrite input image(s) {shown}: inputs are never replaced; "
-                              "choose another -o folder")
-    folders = [out for _, out in plan if out.is_dir()]
-    if folders:
-        raise IsADirectoryError(f"{folders[0]} is a folder; the upscaled image cannot be written there")
-    existing = [out for _, out in plan if out.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{len(existing)} output file(s) already exist ({_some(map(str, existing))}); "
-                              "pass --overwrite to replace them or choose another -o folder")
+    inputs = [("the input image", f) for f in files] + [("the checkpoint", checkpoint)]
+    check_outputs([("-o", out) for _, out in plan], inputs, overwrite=overwrite)
     return plan
-
-
-def _file_id(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_dev, stat.st_ino
-
-
-def _some(items, n: int = 3) -> str:
-    items = list(items)
-    more = f" and {len(items) - n} more" if len(items) > n else ""
-    return ", ".join(items[:n]) + more

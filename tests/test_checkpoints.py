@@ -433,9 +433,11 @@ def test_missing_corrupt_and_truncated_files(tmp_path: Path):
 
 
 @pytest.mark.parametrize("name, content, why", [
-    ("notes.txt", b"hello world\n", r"it starts with b'hello world\\n'"),
-    ("README.md", b"# A project\n\nSome text\n", r"it starts with b'# A project"),
-    ("page.pth", b"<!DOCTYPE html><html>Not Found</html>", r"it starts with b'<!DOCTYPE html>"),
+    ("notes.txt", b"hello world\n", "it is a text file"),
+    ("README.md", b"# A project\n\nSome text \xc3\xa9t\xc3\xa9\n", "it is a text file"),
+    ("page.pth", b"<!DOCTYPE html><html>Not Found</html>", "it is an HTML page"),
+    ("photo.pt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "it is a PNG image"),
+    ("noise.bin", bytes(range(7, 250, 3)), "its first bytes match neither format"),
     ("model.pth", b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 12\n",
      "it is a Git LFS pointer.*`git lfs pull`"),
     ("empty.pt", b"", "the file is empty"),
@@ -443,8 +445,9 @@ def test_missing_corrupt_and_truncated_files(tmp_path: Path):
 def test_a_file_that_is_no_checkpoint_says_so(tmp_path: Path, name, content, why):
     path = tmp_path / name
     path.write_bytes(content)
-    with pytest.raises(ValueError, match=rf"^not a checkpoint: .*{name} is neither .*\({why}"):
+    with pytest.raises(ValueError, match=rf"^not a checkpoint: .*{name} is neither .*\({why}") as info:
         load_checkpoint(path)
+    assert "b'" not in str(info.value) and "\\x" not in str(info.value)  # words, never raw bytes
 
 
 def test_legacy_torch_save_format_is_still_read(tmp_path: Path):

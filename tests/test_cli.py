@@ -56,7 +56,8 @@ def test_errors_map_to_the_convention(monkeypatch, capsys, raised, code):
 # --- messages -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("content", [b"hello world\n", b"# csd_fast\n\nA README.\n"])
-def test_text_file_as_checkpoint(tmp_path, images, capsys, content):
+def test_text_file_as_checkpoint(tmp_path, images, capsys, monkeypatch, content):
+    monkeypatch.chdir(tmp_path)  # eval's default report names are relative
     text = tmp_path / "some.txt"
     text.write_bytes(content)
     assert main(["upscale", str(images), "-o", str(tmp_path / "out"), "--checkpoint", str(text),
@@ -86,7 +87,7 @@ def test_eval_reports_a_truncated_image_before_any_progress_bar(tmp_path, images
 def eval_width(tmp_path, images, ckpt, *extra):
     report = tmp_path / "r.json"
     assert main(["eval", "--checkpoint", str(ckpt), "--data", str(images), "--device", "cpu",
-                 "--json", str(report), "--csv", "", *extra]) == 0
+                 "--json", str(report), "--csv", "", "--overwrite", *extra]) == 0
     return json.loads(report.read_text())["meta"]["width"]
 
 
@@ -173,7 +174,7 @@ def test_exported_student_evaluates_as_the_student(tmp_path, images, capsys, fmt
     def scores(ckpt, *extra):
         report = tmp_path / "r.json"
         assert main(["eval", "--checkpoint", str(ckpt), "--data", str(images), "--device", "cpu",
-                     "--json", str(report), "--csv", "", *extra]) == 0
+                     "--json", str(report), "--csv", "", "--overwrite", *extra]) == 0
         return json.loads(report.read_text())["results"]
 
     # a BasicSR file does not say its value range: read as [0, 1] images with 255 inside, the
@@ -184,3 +185,83 @@ def test_exported_student_evaluates_as_the_student(tmp_path, images, capsys, fmt
         want = source_scores[name]
         assert got["model"]["psnr"] == pytest.approx(want["model"]["psnr"], abs=1e-4)
         assert got["model"]["ssim"] == pytest.approx(want["model"]["ssim"], abs=1e-6)
+
+
+# --- argparse's errors are one line too -------------------------------------------------------
+
+@pytest.mark.parametrize("argv, where, says", [
+    (["eval", "--data", "x", "--width", "0"], "eval", "argument --width: every width must be in (0, 1], got '0'"),
+    (["eval", "--data", "x", "--width", "nan"], "eval", "got 'nan'"),
+    (["upscale", "a.png", "-o", "o", "--checkpoint", "m", "--tile", "0"], "upscale", "argument --tile"),
+    (["upscale", "a.png", "-o", "o", "--checkpoint", "m", "--bogus"], "upscale",
+     "unrecognized arguments: --bogus"),
+    (["train", "stage=csd", "--bogus", "x"], "train", "unrecognized arguments: --bogus"),
+    (["eval", "--scale", "2"], "eval", "the following arguments are required: --data"),
+    (["export"], "export", "required: checkpoint, -o/--output"),
+    (["eval", "--data", "x", "--dtype", "int8"], "eval", "argument --dtype: invalid choice: 'int8'"),
+    ([], None, "the following arguments are required: COMMAND"),
+    (["nope"], None, "argument COMMAND: invalid choice: 'nope'"),
+])
+def test_command_line_errors_are_one_line(capsys, argv, where, says):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    prefix = f"csd-fast {where}: error: " if where else "csd-fast: error: "
+    assert captured.err.startswith(prefix) and captured.err.count("\n") == 1, captured.err
+    assert says in captured.err and "usage" not in captured.err
+    assert captured.out == ""
+
+
+def test_help_still_prints_everything(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["eval", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: csd-fast eval") and "--overwrite" in text and "--self-ensemble" in text
+    assert len(text.splitlines()) > 20
+
+
+# --- a width the checkpoint was never trained at ------------------------------------------------
+
+def checkpoint_of_stage(path, stage, width=0.5):
+    torch.manual_seed(0)
+    metadata = {"stage": stage} if stage else None
+    return save_checkpoint(EDSRCSD(2, 1, 8, 1.0), path, metadata, default_width=width if stage else None)
+
+
+@pytest.mark.parametrize("stage, width, warned", [
+    ("csd", 0.25, True), ("csd", 0.5, False), ("csd", 1.0, False), ("csd", 0.55, False),  # 0.55: 4 channels too
+    ("student", 1.0, True), ("student", 0.5, False),
+    ("teacher", 0.5, True), ("teacher", 1.0, False),
+    (None, 0.25, False),  # the file says nothing: nothing to warn about
+])
+def test_an_untrained_width_is_warned_about_once(tmp_path, images, capsys, stage, width, warned):
+    ckpt = checkpoint_of_stage(tmp_path / "m.safetensors", stage, 1.0 if stage == "teacher" else 0.5)
+    eval_width(tmp_path, images, ckpt, "--width", str(width))
+    upscaled = main(["upscale", str(images), "-o", str(tmp_path / "up"), "--checkpoint", str(ckpt),
+                     "--device", "cpu", "--width", str(width)])
+    assert upscaled == 0
+    err = capsys.readouterr().err
+    for command in ("eval", "upscale"):
+        lines = [line for line in err.splitlines() if line.startswith(f"csd-fast {command}: warning:")]
+        assert len(lines) == (1 if warned else 0), err
+        if warned:
+            assert f"width {width:g} was never trained: this checkpoint was trained at width" in lines[0]
+
+
+def test_the_trainer_records_which_widths_it_trained(images, tmp_path):
+    from csd_fast import load_checkpoint
+    from csd_fast.train import load_config, train
+
+    common = dict(scale=2, n_feats=8, n_resblocks=1, lr_patch=8, batch=2, neg_num=2, iterations=1,
+                  width=0.5, progress=False, tensorboard=False, train_data=str(images), val_data=str(images))
+    train(load_config(stage="teacher", out_dir=str(tmp_path / "t"), **common))
+    train(load_config(stage="csd", lambda_c=0, teacher_checkpoint=str(tmp_path / "t" / "last.pt"),
+                      out_dir=str(tmp_path / "c"), **common))
+    for run, want in (("t", (1.0,)), ("c", (0.5, 1.0))):
+        for name in ("best.safetensors", "best.pt", "last.pt"):
+            assert load_checkpoint(tmp_path / run / name).trained_widths == want, (run, name)
+    model = load_checkpoint(tmp_path / "c" / "best.safetensors")
+    save_checkpoint(model, tmp_path / "again.safetensors")  # a loaded model saved again keeps it
+    assert load_checkpoint(tmp_path / "again.safetensors").trained_widths == (0.5, 1.0)

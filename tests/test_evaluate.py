@@ -103,3 +103,34 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["eval", "--data", str(tmp_path), "--scale", "2", "--width", "1.5"])
+
+
+def test_cli_decodes_each_image_once_and_checks_them_all_first(tmp_path, monkeypatch, capsys):
+    """Every file is checked before the first image is upscaled (a PNG by its checksums, not by
+    decoding it), then decoded once, for scoring."""
+    from PIL import ImageFile
+
+    folder = make_hr_folder(tmp_path / "mini", count=3)
+    ckpt = save_checkpoint(tiny_model(), tmp_path / "m.safetensors")
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    def load(im):  # PIL calls load() again on a loaded image; only a pending tile is a decode
+        if im.tile:
+            decoded.append(Path(im.filename).name)
+        return real_load(im)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(folder), "--device", "cpu",
+                 "--json", str(tmp_path / "r.json"), "--csv", ""]) == 0
+    assert sorted(decoded) == ["img0.png", "img1.png", "img2.png"]
+    capsys.readouterr()
+    # damage the last file's pixel data: found before the first image is written
+    data = bytearray((folder / "img2.png").read_bytes())
+    data[data.find(b"IDAT") + 10] ^= 0xFF
+    (folder / "img2.png").write_bytes(bytes(data))
+    decoded.clear()
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(folder), "--device", "cpu",
+                 "--json", "", "--csv", "", "--save-images", str(tmp_path / "sr")]) == 2
+    err = capsys.readouterr().err
+    assert "img2.png: damaged or truncated" in err and "%|" not in err
+    assert decoded == [] and not (tmp_path / "sr").exists()

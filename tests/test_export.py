@@ -344,6 +344,20 @@ def test_what_load_checkpoint_needs_besides_the_file(tmp_path):
         close(in_unit_range(x / 255) * 255, model(x, 0.5), model)
 
 
+def test_the_slim_file_records_whether_its_width_was_trained(tmp_path, capsys):
+    from csd_fast.cli import main
+
+    model = make_model(2, **CONFIGS["baseline"])
+    source = tmp_path / "csd.safetensors"
+    save_checkpoint(model, source, {"stage": "csd"}, default_width=0.5)  # as the trainer writes it
+    info = export_checkpoint(source, None, "csd_fast", tmp_path / "s.safetensors")
+    assert info["warnings"] == [] and load_checkpoint(tmp_path / "s.safetensors").trained_widths == (1.0,)
+    assert main(["export", str(source), "--width", "0.25", "-o", str(tmp_path / "q.safetensors")]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("csd-fast export: warning: width 0.25 was never trained") and err.count("\n") == 1
+    assert load_checkpoint(tmp_path / "q.safetensors").trained_widths is None  # nothing to claim
+
+
 def test_width_defaults_to_1_without_a_stored_width(tmp_path):
     model = make_model(2, **CONFIGS["baseline"])
     info = export_checkpoint(source_checkpoint(tmp_path, model), None, "csd_fast", tmp_path / "s.safetensors")
@@ -360,7 +374,7 @@ def onnx_export(tmp_path_factory):
     torch.manual_seed(0)
     model = make_model(3, torch.float32, **CONFIGS["scaled"])
     info = export_checkpoint(source_checkpoint(tmp, model, 0.5), None, "onnx", tmp / "student.onnx")
-    return model, info
+    return model, {**info, "source": str(tmp / "source.safetensors")}
 
 
 def test_onnx_matches_pytorch_with_dynamic_batch_and_size(onnx_export):
@@ -391,6 +405,79 @@ def test_onnx_file_says_what_it_is(onnx_export):
     assert props["input_range"] == "1.0" and props["export"] == "slim_student"
     assert max(op.version for op in proto.opset_import if op.domain in ("", "ai.onnx")) == 18
     assert info["load_with"] == dict(input="lr", output="sr", opset=18, dtype="float32", input_range=1.0)
+
+
+def small_set(folder: Path, count: int = 2) -> Path:
+    """A folder of smooth random HR images, 27 x 33 (every scale's multiple: cropped to fit)."""
+    from PIL import Image
+
+    folder.mkdir()
+    rng = torch.Generator().manual_seed(1)
+    for i in range(count):
+        smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 7, generator=rng), size=(27, 33),
+                                                 mode="bicubic").clamp(0, 1)[0]
+        Image.fromarray((smooth * 255).round().byte().permute(1, 2, 0).numpy()).save(folder / f"im{i}.png")
+    return folder
+
+
+def eval_scores(tmp_path, checkpoint, data, *extra) -> tuple[dict, str]:
+    """`csd-fast eval` of a checkpoint: (the set's model row, what it printed)."""
+    import json
+
+    from csd_fast.cli import main
+
+    report = tmp_path / "r.json"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--device", "cpu",
+                 "--json", str(report), "--csv", "", "--overwrite", *extra]) == 0
+    (row,) = json.loads(report.read_text())["results"].values()
+    return row["model"], json.loads(report.read_text())["meta"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--tile", "5", "--self-ensemble"]])
+def test_eval_scores_the_onnx_file_as_the_student(onnx_export, tmp_path, capsys, extra):
+    """`csd-fast eval` runs the exported file in onnxruntime: the same PSNR/SSIM as the CSD
+    network at the student's width (this model takes [0, 1] input: the range convention holds)."""
+    model, info = onnx_export
+    data = small_set(tmp_path / "set")
+    onnx, meta = eval_scores(tmp_path, info["path"], data, *extra)
+    assert meta["runtime"] == "onnxruntime" and meta["width"] == 1.0
+    assert "ONNX, exported at width 0.5" in capsys.readouterr().out
+    torch_row, meta = eval_scores(tmp_path, info["source"], data, *extra)
+    assert meta["runtime"] == "pytorch" and meta["width"] == 0.5
+    assert onnx["psnr"] == pytest.approx(torch_row["psnr"], abs=1e-3)
+    assert onnx["ssim"] == pytest.approx(torch_row["ssim"], abs=1e-5)
+    full, _ = eval_scores(tmp_path, info["source"], data, "--width", "1", *extra)
+    assert abs(full["psnr"] - torch_row["psnr"]) > 0.01  # the widths are told apart
+
+
+def test_eval_of_an_onnx_file_refuses_what_the_file_cannot_do(onnx_export, tmp_path, capsys):
+    from csd_fast.cli import main
+
+    _, info = onnx_export
+    common = ["eval", "--checkpoint", info["path"], "--data", str(small_set(tmp_path / "set", 1)),
+              "--json", "", "--csv", ""]
+    assert main([*common, "--width", "0.5"]) == 2
+    assert "is an ONNX file of one width (exported at 0.5)" in capsys.readouterr().err
+    assert main([*common, "--dtype", "bfloat16"]) == 2
+    assert "runs in the float32 it was exported in" in capsys.readouterr().err
+
+
+def test_onnx_file_without_onnxruntime_says_so_in_words(tmp_path, capsys, monkeypatch):
+    from csd_fast.cli import main
+
+    fake = tmp_path / "student.onnx"  # what every ONNX file starts with: ir_version, producer
+    fake.write_bytes(b"\x08\x0a\x12\x07pytorch\x1a\x052.9.0" + bytes(range(40)))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    data = small_set(tmp_path / "set", 1)
+    assert main(["eval", "--checkpoint", str(fake), "--data", str(data), "--scale", "3",
+                 "--json", "", "--csv", ""]) == 2
+    err = capsys.readouterr().err
+    assert err == f"csd-fast eval: error: {fake} is an ONNX file: install onnxruntime to evaluate it " \
+                  "(`pip install onnxruntime`, or `pip install csd_fast[export]`)\n"
+    # where a PyTorch checkpoint is wanted, the file is named for what it is, never shown as bytes
+    with pytest.raises(ValueError, match="is an ONNX file: it runs in ONNX Runtime") as info:
+        load_checkpoint(fake)
+    assert "pytorch" not in str(info.value) and "\\x" not in str(info.value)
 
 
 def test_onnx_without_its_packages_names_the_extra(tmp_path, monkeypatch):
@@ -459,7 +546,7 @@ def test_never_writes_over_the_checkpoint(tmp_path, source, overwrite):
     before = source.read_bytes()
     os.link(source, tmp_path / "hard_link.safetensors")
     for output in (source, tmp_path / "." / source.name, tmp_path / "hard_link.safetensors"):
-        with pytest.raises(ValueError, match="is the input checkpoint itself; write the export to another file"):
+        with pytest.raises(ValueError, match="^refusing to overwrite an input: output .* is the input checkpoint"):
             export_checkpoint(source, 0.5, "csd_fast", output, overwrite=overwrite)
     assert source.read_bytes() == before
 
@@ -473,7 +560,7 @@ def test_existing_output_needs_overwrite(tmp_path, source):
     export_checkpoint(source, 0.5, "edsr_pytorch", out, overwrite=True)
     assert load_checkpoint(out).n_feats == 16
     (tmp_path / "folder").mkdir()
-    with pytest.raises(ValueError, match="folder is a directory; give a file name"):
+    with pytest.raises(IsADirectoryError, match="folder is a folder; give a file name"):
         export_checkpoint(source, 0.5, "edsr_pytorch", tmp_path / "folder", overwrite=True)
 
 

@@ -45,22 +45,36 @@ def command_module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in the form of every other error: one line on stderr,
+    `csd-fast <cmd>: error: ...`, exit status 2, without the usage block (--help has it)."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Every subcommand's parser; building it imports no torch, so --help answers at once."""
-    parser = argparse.ArgumentParser(prog="csd-fast", description=__doc__.splitlines()[0])
+    """Every subcommand's parser; building it imports no torch, so --help answers at once.
+    parser.commands maps each command name to its own parser."""
+    parser = Parser(prog="csd-fast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = {}
     for name in COMMANDS:
         module = command_module(name)
         doc = (module.__doc__ or "").strip()
         command = sub.add_parser(name, help=module.HELP, description=doc or module.HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
+        parser.commands[name] = command
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit status follows the module docstring's convention."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser, so the line names the command
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         command_module(args.command).run(args)
     except USAGE_ERRORS as err:

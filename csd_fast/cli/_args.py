@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 WIDTH_HELP = ("width ratio r in (0, 1]; default: the width the checkpoint records (a CSD run's "
               "best.safetensors records its student's), else 1")
@@ -53,3 +54,13 @@ def run_width(requested: float | None, model) -> tuple[float, str]:
     if stored is not None:
         return stored, f"width {stored:g} (from the checkpoint; --width overrides)"
     return 1.0, "width 1 (the checkpoint records no width; --width picks another)"
+
+
+def warn_if_untrained(command: str, model, width: float) -> None:
+    """One warning line when the checkpoint records the widths it was trained at and `width` is
+    none of them: a CSD student run at another width scores far below bicubic, silently."""
+    from ..checkpoint.io import untrained_width
+
+    line = untrained_width(model, width)
+    if line is not None:
+        print(f"csd-fast {command}: warning: {line}", file=sys.stderr)

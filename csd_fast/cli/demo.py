@@ -10,6 +10,9 @@ import dataclasses
 from ..demo.settings import DemoSettings
 
 HELP = "train a small CSD model on bundled photographs and compare it with bicubic"
+# what the demo writes into --output, besides runs/ (which it refuses to mix with an earlier
+# demo's unless --overwrite, and then removes whole)
+REPORT_FILES = ("results.json", "table.txt", "side_by_side.png", "training_curves.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,4 +30,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     from ..demo import run_demo
 
+    check_output_folder(args)
     run_demo(DemoSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DemoSettings)}))
+
+
+def check_output_folder(args: argparse.Namespace) -> None:
+    """--output is a folder (or absent); none of the demo's files there is one of its input
+    images, or an existing file unless --overwrite; and --data does not lie inside the runs/
+    folder that --overwrite removes."""
+    from pathlib import Path
+
+    from .._outputs import check_folder, check_outputs
+
+    out = Path(args.output)
+    check_folder("--output", out)
+    inputs = []
+    if args.data is not None and Path(args.data).is_dir():
+        data = Path(args.data)
+        inputs = [("the input image", f) for f in sorted(data.iterdir()) if f.is_file()]
+        runs = (out / "runs").resolve()
+        if data.resolve() == runs or runs in data.resolve().parents:
+            raise ValueError(f"--data {data} lies inside {out / 'runs'}, which the demo replaces; "
+                             "move the images or choose another --output")
+    check_outputs([("--output", out / name) for name in REPORT_FILES], inputs, overwrite=args.overwrite)

@@ -28,6 +28,8 @@ def run(args: argparse.Namespace) -> None:
     written = export_checkpoint(args.checkpoint, args.width, args.format, args.output,
                                 overwrite=args.overwrite)
     print(json.dumps(written, indent=2, default=str))
+    for line in written["warnings"]:
+        print(f"csd-fast export: warning: {line}", file=sys.stderr)
     missing = written.get("load_overrides") or {}
     if missing:  # the foreign layouts cannot hold these; a loader's guess would be wrong
         pins = ", ".join(f"{k}={v!r}" for k, v in missing.items())

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from ..train import load_config, train
+    from ..train.run_dir import check_outputs
 
     cfg = load_config(args.config, [*args.overrides, *(args.set or [])])
+    check_outputs(cfg, args.resume, [("the --config file", args.config)])  # train() checks the rest
     print(json.dumps(train(cfg, resume=args.resume), indent=2))

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ._args import add_inference_options, run_width
+from ._args import add_inference_options, run_width, warn_if_untrained
 
 HELP = "upscale image files to PNG"
 
@@ -28,13 +28,15 @@ def run(args: argparse.Namespace) -> None:
     from ..checkpoint import load_checkpoint
     from ..upscale import collect_inputs, plan_outputs
 
-    plan = plan_outputs(collect_inputs(args.inputs), Path(args.output), args.overwrite)
+    plan = plan_outputs(collect_inputs(args.inputs), Path(args.output), args.overwrite,
+                        checkpoint=Path(args.checkpoint))
     device = resolve_device(args.device)
+    todo = _readable_only(plan, args.skip_unreadable)
     model = load_checkpoint(args.checkpoint, map_location="cpu").float().to(device).eval()
     width, width_note = run_width(args.width, model)
     model.channels(width)
-    todo = _readable_only(plan, args.skip_unreadable)
     print(f"x{model.scale}, {width_note}")
+    warn_if_untrained("upscale", model, width)
     written = _upscale_all(todo, model, width, device, args)
     skipped = len(plan) - written
     skipped_note = f"; skipped {skipped} unreadable" if skipped else ""

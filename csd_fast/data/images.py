@@ -13,6 +13,7 @@ from .._atomic import atomic_write_bytes
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
+FLOAT_PIXELS = "floating-point pixels have no agreed range; convert to 8 or 16 bit first"
 # Modes that PIL's own convert("RGB") would clip instead of rescale.
 _WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
@@ -41,6 +42,22 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         return im.height, im.width
 
 
+def check_image(path: str | os.PathLike) -> None:
+    """Raise ImageReadError unless read_image(path) would succeed, decoding as little as the
+    format allows: a PNG's chunks are read and each checksum compared (which finds truncated
+    and damaged pixel data without inflating it); other formats, which carry no checksum, are
+    decoded."""
+    path = Path(path)
+    with _open(path) as im:
+        if im.mode == "F":
+            raise ImageReadError(f"cannot read image {path}: {FLOAT_PIXELS}")
+        try:
+            im.verify() if im.format == "PNG" else im.load()
+        except Exception as err:
+            raise ImageReadError(f"cannot read image {path}: damaged or truncated "
+                                 f"({type(err).__name__}: {err})") from err
+
+
 def _to_rgb_array(im: Image.Image) -> np.ndarray:
     if im.mode in _WIDE_MODES:
         # 16-bit greyscale: rescale like MATLAB's im2uint8 (v / 257, rounded).
@@ -48,7 +65,7 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
         grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
         return np.repeat(grey[:, :, None], 3, axis=2)
     if im.mode == "F":
-        raise ValueError("floating-point pixels have no agreed range; convert to 8 or 16 bit first")
+        raise ValueError(FLOAT_PIXELS)
     # RGBA/LA/PA: alpha is dropped, not composited, as SR evaluation expects.
     return np.asarray(im.convert("RGB"))
 

@@ -2,13 +2,16 @@
 conversion behind `csd-fast export`."""
 from __future__ import annotations
 
+import json
 import numbers
 import os
 from pathlib import Path
 
 from .._atomic import atomic_write_bytes
+from .._outputs import check_outputs
 from ..archs.edsr_csd import EDSRCSD
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint.io import untrained_width
 from ..checkpoint.layouts import convert_state_dict
 from .layouts import constructor_args, layout_state_dict, torch_file_bytes
 from .onnx_file import INPUT_NAME, ONNX_OPSET, OUTPUT_NAME, onnx_bytes, require_onnx
@@ -51,7 +54,9 @@ def write_student(slim: EDSRCSD, fmt: str, path: str | os.PathLike, *,
         save_checkpoint(slim, path, metadata=slim_metadata(slim, source), default_width=1.0)
         load_with = slim.config()
     elif fmt == "onnx":
-        atomic_write_bytes(path, onnx_bytes(slim, 1.0, metadata=slim_metadata(slim, source)))
+        # the config (depth above all) lets `csd-fast eval` tile the file exactly
+        metadata = {**slim_metadata(slim, source), "config": json.dumps(slim.config())}
+        atomic_write_bytes(path, onnx_bytes(slim, 1.0, metadata=metadata))
         load_with = dict(input=INPUT_NAME, output=OUTPUT_NAME, opset=ONNX_OPSET, dtype="float32",
                          input_range=slim.rgb_range)
     else:
@@ -64,36 +69,28 @@ def write_student(slim: EDSRCSD, fmt: str, path: str | os.PathLike, *,
                 load_with=load_with, load_overrides=overrides)
 
 
-def _check_paths(checkpoint: Path, output: Path, overwrite: bool) -> None:
-    same = output.resolve() == checkpoint.resolve()
-    if not same and output.exists() and checkpoint.exists():
-        same = os.path.samefile(output, checkpoint)
-    if same:
-        raise ValueError(f"output {output} is the input checkpoint itself; write the export to another file")
-    if output.is_dir():
-        raise ValueError(f"output {output} is a directory; give a file name")
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"output {output} already exists; pass overwrite=True (--overwrite) to replace it")
-
-
 def export_checkpoint(checkpoint: str | os.PathLike, width: float | None, fmt: str,
                       output: str | os.PathLike, overwrite: bool = False) -> dict:
     """Load a checkpoint (any layout load_checkpoint reads), cut its student at `width`
     and write it to `output` in format fmt: "csd_fast" (.safetensors), "edsr_pytorch"
     (.pt), "basicsr" (.pth) or "onnx" (.onnx). Returns write_student's description.
 
-    width: None takes the checkpoint's default_width, or 1 where it records none.
+    width: None takes the checkpoint's default_width, or 1 where it records none. The
+    description returned has one more entry, "warnings": a line saying that the width was
+    never trained, where the checkpoint records the widths that were.
     Refuses to replace an existing output unless overwrite, and never writes over the
     checkpoint itself. Errors (one line, naming the problem): ValueError for an unknown
     format, a width outside (0, 1] or of fewer than 1 channel, output == checkpoint, an
-    unreadable checkpoint; FileExistsError; FileNotFoundError for a missing checkpoint;
+    unreadable checkpoint; FileExistsError; IsADirectoryError for an output that is a folder;
+    FileNotFoundError for a missing checkpoint;
     ImportError (naming `pip install csd_fast[export]`) for onnx without its packages.
     """
     _check_format(fmt)
     if fmt == "onnx":
         require_onnx()
     checkpoint, output = Path(os.fspath(checkpoint)), Path(os.fspath(output))
-    _check_paths(checkpoint, output, overwrite)
+    check_outputs([("output", output)], [("the input checkpoint", checkpoint)], overwrite=overwrite,
+                  overwrite_flag="overwrite=True (--overwrite)")
     if width is not None and (isinstance(width, bool) or not isinstance(width, numbers.Real)
                               or not 0.0 < width <= 1.0):
         raise ValueError(f"width must be a number in (0, 1], got {width!r}")
@@ -107,4 +104,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, width: float | None, fmt: s
         slim = export_student(model, width, backend="reference")
     except (TypeError, ValueError) as err:
         raise ValueError(f"cannot export {checkpoint} at width {width}: {err}") from None
-    return write_student(slim, fmt, output, source=str(checkpoint))
+    untrained = untrained_width(model, width)
+    if model.trained_widths is not None and untrained is None:
+        slim.trained_widths = (1.0,)  # the slim network is the trained width, run whole
+    written = write_student(slim, fmt, output, source=str(checkpoint))
+    return {**written, "warnings": [untrained] if untrained else []}

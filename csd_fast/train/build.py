@@ -27,7 +27,7 @@ def build_model(cfg: TrainConfig) -> EDSRCSD:
     except (ValueError, TypeError) as err:
         raise ValueError(f"teacher_checkpoint {cfg.teacher_checkpoint}: {err} (config: preset "
                          f"{cfg.preset}, {cfg.model_kwargs()})") from None
-    model.default_width = None
+    model.default_width = model.trained_widths = None  # this run decides both anew
     return model
 
 

@@ -5,26 +5,62 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
+from .._outputs import Named, check_folder, file_id
+from .._outputs import check_outputs as guard
 from ..data import SRFolder
 from .config import ConfigError, TrainConfig
 from .state import load_state
 
 
-def check_paths(cfg: TrainConfig) -> None:
-    """The data folders hold datasets (image headers read, sizes checked) and out_dir can be a
-    folder: a typo fails in a second, before anything is built or written."""
+# what a run writes into out_dir, besides tensorboard/ (whose event files a resume appends to)
+RUN_FILES = ("config.yaml", "log.csv", "last.pt", "best.pt", "best.safetensors", "curves.png")
+
+
+def check_paths(cfg: TrainConfig, resume: bool = False, inputs: Iterable[Named] = ()) -> None:
+    """The data folders hold datasets (image headers read, sizes checked) and out_dir can take
+    the run (check_outputs): a typo fails in a second, before anything is built or written.
+    inputs: files the caller read besides those the config names (the --config file)."""
     if cfg.train_data is None:
         raise ConfigError("train_data: a training folder is required")
+    images = []
     for key in ("train_data", "val_data"):
         if getattr(cfg, key) is not None:
             try:
-                SRFolder(getattr(cfg, key), cfg.scale)
+                folder = SRFolder(getattr(cfg, key), cfg.scale)
             except (OSError, ValueError) as err:
                 raise ConfigError(f"{key}: {err}") from err
-    if Path(cfg.out_dir).exists() and not Path(cfg.out_dir).is_dir():
-        raise ConfigError(f"out_dir: {cfg.out_dir} exists and is not a folder")
+            images += [(f"a {key} image", path) for pair in folder.pairs
+                       for path in (pair.hr_path, pair.lr_path) if path is not None]
+    check_outputs(cfg, resume, [*inputs, *images])
+
+
+def check_outputs(cfg: TrainConfig, resume: bool, inputs: Iterable[Named] = ()) -> None:
+    """out_dir is a folder or absent; a new run finds none of RUN_FILES there, since a resume
+    alone may replace them (its own); no file the run writes is one it reads
+    (teacher_checkpoint, vgg_weights, the images, the caller's inputs), on a resume neither,
+    except the run's own config.yaml given back as --config. Nothing is written before."""
+    out = Path(cfg.out_dir)
+    try:
+        check_folder("out_dir:", out)
+    except NotADirectoryError as err:
+        raise ConfigError(str(err)) from None
+    last = out / "last.pt"
+    resuming = resume and last.is_file()
+    if last.exists() and not resuming:
+        raise FileExistsError(f"{out} already holds a run ({last}); pass resume (--resume) to "
+                              "continue it or choose another out_dir")
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if existing and not resuming:
+        raise FileExistsError(f"out_dir {out} already holds {', '.join(existing)}, which a new run "
+                              "would replace; choose another out_dir")
+    read = [("teacher_checkpoint", cfg.teacher_checkpoint), ("vgg_weights", cfg.vgg_weights), *inputs]
+    if resuming:  # the run's own config, rewritten with the same run-defining settings
+        own = file_id(out / "config.yaml")
+        read = [(label, path) for label, path in read if not path or file_id(path) != own]
+    guard([("out_dir file", out / name) for name in RUN_FILES], read, overwrite=True)
 
 
 class OutDirUndo:

@@ -64,15 +64,13 @@ def train(cfg: TrainConfig, resume: bool = False, on_checkpoint: CheckpointCallb
     on_checkpoint(iteration, path) is called on the main process after each write of
     last.pt (e.g. to copy it elsewhere); what it raises stops the run.
     Returns {"iteration", "out_dir", "last", "best", "best_psnr", "best_iteration", "terms", "val"}.
-    Bad data paths fail before out_dir is created; a fresh run that fails before writing its
-    first checkpoint removes what it created there (see OutDirUndo).
+    Bad data paths fail before out_dir is created, and so does an out_dir holding another run's
+    files or a file the run reads (run_dir.check_outputs); a fresh run that fails before writing
+    its first checkpoint removes what it created there (see OutDirUndo).
     """
-    check_paths(cfg)
+    check_paths(cfg, resume)
     out = Path(cfg.out_dir)
     last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.exists() and not resume:
-        raise FileExistsError(f"{out} already holds a run ({last_path}); pass resume "
-                              "(--resume) to continue it or choose another out_dir")
     undo = None if resume and last_path.is_file() else OutDirUndo(out, (last_path, best_path))
     was_deterministic, was_benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     if cfg.deterministic:
