@@ -80,12 +80,14 @@ def evaluate(
     y_channel: bool = True,
     save_images: str | os.PathLike | None = None,
     progress: bool = True,
+    cuda_graphs: bool = True,
 ) -> dict:
     """Mean PSNR/SSIM per dataset folder, for the model (if given) and for bicubic.
 
     data: folders, or SRFolders from open_datasets (whose images the caller has checked).
     model: an EDSRCSD, or anything with its inference interface (export.onnx_session.OnnxModel).
     With progress, the images of the folders opened here are checked (check_images) first.
+    cuda_graphs: see inference.upscale.
     Returns {set name: {"model": {"psnr", "ssim"}, "bicubic": {...}, "images": [...]}}.
     """
     if dtype not in DTYPES:
@@ -112,7 +114,7 @@ def evaluate(
             if model is not None:
                 x = model.to_model_range(lr.to(device).float().unsqueeze(0))
                 sr = upscale(model, x, width, ensemble=ensemble, tile=tile, overlap=overlap,
-                             autocast_dtype=DTYPES[dtype])
+                             autocast_dtype=DTYPES[dtype], cuda_graphs=cuda_graphs)
                 sr = to_uint8(model.from_model_range(sr[0].cpu()))
                 row["psnr"] = psnr(sr, hr, crop=scale, y_channel=y_channel)
                 row["ssim"] = ssim(sr, hr, crop=scale, y_channel=y_channel)

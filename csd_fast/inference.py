@@ -94,9 +94,9 @@ def upscale(model: EDSRCSD, x: torch.Tensor, width: float = 1.0, *, ensemble: bo
     """
     if overlap is None:
         overlap = receptive_radius(model)
-    graphs = graph_cache(model)
-    graphs.enabled = cuda_graphs
-    key = (width, autocast_dtype, weights_key(model))
+    # a network of torch's (not an exported file run by another runtime) can be graphed
+    graphs = graph_cache(model) if isinstance(model, torch.nn.Module) and cuda_graphs else None
+    key = None if graphs is None else (width, autocast_dtype, weights_key(model))
 
     def eager(t: torch.Tensor) -> torch.Tensor:
         # autocast's cast cache stays off: it must, inside a CUDA-graph capture, and
@@ -106,12 +106,13 @@ def upscale(model: EDSRCSD, x: torch.Tensor, width: float = 1.0, *, ensemble: bo
             return model(t, width).float()
 
     def forward(t: torch.Tensor) -> torch.Tensor:
-        return graphs(eager, t, key)
+        return eager(t) if graphs is None else graphs(eager, t, key)
 
     def run(t: torch.Tensor) -> torch.Tensor:
         return tiled(forward, t, model.scale, tile, overlap) if tile else forward(t)
 
-    packing = cached_weights() if model.backend == "fused" else contextlib.nullcontext()
+    fused = getattr(model, "backend", None) == "fused"
+    packing = cached_weights() if fused else contextlib.nullcontext()
     with torch.inference_mode(), packing:
         return self_ensemble(run, x) if ensemble else run(x)
 

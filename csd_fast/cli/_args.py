@@ -43,6 +43,9 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-overlap", type=int, help="LR context per tile side (default: exact)")
     add_device(parser)
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+                        help="on CUDA, run every forward eagerly instead of replaying a "
+                             "captured CUDA graph per input size")
 
 
 def run_width(requested: float | None, model) -> tuple[float, str]:

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> None:
     width, label, device = _run_settings(args, model)
     results = evaluate(model, datasets, scale, width=width, ensemble=args.self_ensemble,
                        tile=args.tile, overlap=args.tile_overlap, device=device,
-                       dtype=args.dtype, y_channel=not args.rgb, save_images=args.save_images)
+                       dtype=args.dtype, y_channel=not args.rgb, save_images=args.save_images,
+                       cuda_graphs=args.cuda_graphs)
     print(f"x{scale}, {'RGB' if args.rgb else 'Y channel'}, crop {scale}")
     print(format_table(results, label + (" +ensemble" if args.self_ensemble else "")))
     meta = dict(checkpoint=args.checkpoint, scale=scale, width=width,

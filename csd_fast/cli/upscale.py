@@ -82,7 +82,7 @@ def _upscale_all(todo, model, width: float, device, args: argparse.Namespace) ->
                 continue
             out = upscale_picture(model, picture, width, device, ensemble=args.self_ensemble,
                                   tile=args.tile, overlap=args.tile_overlap,
-                                  autocast_dtype=DTYPES[args.dtype])
+                                  autocast_dtype=DTYPES[args.dtype], cuda_graphs=args.cuda_graphs)
             write_picture(target, out)
             written += 1
             tqdm.write(f"wrote {target} (from {source})")
