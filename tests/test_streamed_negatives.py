@@ -3,17 +3,19 @@ out in float64, negative_distance's gradient, the loss against the reference for
 for several K and chunk sizes, peak memory that does not grow with K, and a
 negatives=dataset run with K = 256 that resumes exactly (its DDP equality is a stage of
 tests/test_train_ddp.py)."""
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from csd_fast._memory import cpu_peak_bytes
 from csd_fast.losses import ContrastiveLoss, load_vgg19
-from csd_fast.ops import contrastive_negative_sums, contrastive_negative_sums_reference, negative_distance
+from csd_fast.losses.csd_loss import upsample_negatives
+from csd_fast.ops import (contrastive_negative_sums, contrastive_negative_sums_reference,
+                          negative_distance)
 from csd_fast.train import load_config, train
 
 from test_contrastive_distance import features, source_for
 from test_csd_loss import images, reference_contrastive
+from test_train_ddp import noise_folder
 
 SUMS = {"fused": contrastive_negative_sums, "reference": contrastive_negative_sums_reference}
 
@@ -208,6 +210,22 @@ def test_chunk_size_changes_nothing_beyond_rounding(device):
         torch.testing.assert_close(grad, grad0, rtol=1e-4, atol=1e-5 * float(grad0.abs().max()))
 
 
+def test_lr_negatives_are_upsampled_chunk_by_chunk():
+    """negatives_scale: LR negatives upsampled inside the loss, a chunk at a time, give the
+    loss of the negatives upsampled beforehand, bit for bit."""
+    torch.manual_seed(7)
+    vgg = load_vgg19(random_weights=True)
+    student = (torch.rand(2, 3, 16, 16) * 255).requires_grad_()
+    teacher, lr_negatives = torch.rand(2, 3, 16, 16) * 255, torch.rand(5, 3, 8, 8) * 255
+    loss = ContrastiveLoss(vgg, neg_chunk=2)
+    got = loss(student, teacher, lr_negatives, negatives_scale=2)
+    want = loss(student, teacher, upsample_negatives(lr_negatives, None, 2))
+    assert torch.equal(got, want)
+    assert torch.equal(*(torch.autograd.grad(x, student)[0] for x in (got, want)))
+    with pytest.raises(ValueError, match=r"negatives \(5, 3, 8, 8\) upsampled x3 must share"):
+        loss(student, teacher, lr_negatives, negatives_scale=3)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast(device, dtype):
     """Under autocast the features are half precision, the sums float32: the loss stays
@@ -229,24 +247,6 @@ def test_autocast(device, dtype):
 
 
 # --- memory ---------------------------------------------------------------------------------
-
-def cpu_peak_bytes(fn) -> int:
-    """The most bytes of CPU tensors live at once during fn beyond those alive at its start,
-    from the profiler's allocation events."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e for e in prof.profiler.kineto_results.events()
-                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
-                    key=lambda e: e.start_ns())
-    current = peak = 0
-    for event in events:
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak
-
 
 @pytest.mark.parametrize("backend", ["fused", "reference"])
 def test_peak_memory_does_not_grow_with_k(backend):
@@ -278,11 +278,7 @@ TINY = dict(scale=2, n_feats=8, n_resblocks=1, lr_patch=8, batch=4, width=0.5, s
 
 @pytest.fixture(scope="module")
 def noise_images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("noise256")
-    rng = np.random.default_rng(2)
-    for i in range(6):
-        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
-    return str(folder)
+    return str(noise_folder(tmp_path_factory.mktemp("k256") / "hr", count=6, seed=2))
 
 
 def test_k256_from_the_dataset_trains_and_resumes_exactly(noise_images, tmp_path):

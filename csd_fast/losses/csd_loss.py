@@ -86,18 +86,25 @@ class ContrastiveLoss(nn.Module):
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, negatives: torch.Tensor,
                 negative_source: torch.Tensor | None = None,
-                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, *,
+                negatives_scale: int = 1) -> torch.Tensor:
         """reduce maps this batch's (layers, 2) tensor of (d_pos, d_neg) to the global batch's
-        under DDP: a ratio of batch means is only exact when both means span the whole batch."""
-        if student.shape != teacher.shape or negatives.shape[1:] != student.shape[1:]:
+        under DDP: a ratio of batch means is only exact when both means span the whole batch.
+        negatives_scale > 1: the negatives come at 1/negatives_scale of the student's size and
+        are bicubic-upsampled (upsample_negatives) one chunk at a time, so that not even the
+        K upsampled images exist at once."""
+        c, h, w = negatives.shape[1:] if negatives.dim() == 4 else (None, None, None)
+        if student.shape != teacher.shape or negatives.dim() != 4 or \
+                (c, h * negatives_scale, w * negatives_scale) != tuple(student.shape[1:]):
             raise ValueError(f"student {tuple(student.shape)}, teacher {tuple(teacher.shape)} and "
-                             f"negatives {tuple(negatives.shape)} must share (C, H, W)")
+                             f"negatives {tuple(negatives.shape)} upsampled x{negatives_scale} "
+                             f"must share (C, H, W)")
         if negatives.requires_grad:
             raise ValueError("negatives must not require grad: the contrastive loss streams them "
                              "through VGG19 without a graph (CSD's are detached upsampled inputs)")
         anchors, d_pos = self.anchors_and_positive_distances(student, teacher)
         sums = self.negative_sums(anchors, negatives.to(student.dtype), negative_source,
-                                  self.neg_chunk or student.size(0))
+                                  self.neg_chunk or student.size(0), negatives_scale)
         distances = torch.stack([
             torch.stack([pos, negative_distance(a, dist.sum(), signs)])
             for a, pos, (dist, signs) in zip(anchors, d_pos, sums)])
@@ -124,17 +131,20 @@ class ContrastiveLoss(nn.Module):
                          for a, p in zip(anchors, positives)]
 
     def negative_sums(self, anchors: list[torch.Tensor], negatives: torch.Tensor,
-                      negative_source: torch.Tensor | None, chunk: int
+                      negative_source: torch.Tensor | None, chunk: int, scale: int = 1
                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, (per-anchor distance sums, sign sum) over all K negatives, which go
-        through VGG19 `chunk` at a time with no graph. A fixed K and chunk give a fixed
-        sequence of kernels, so the loop captures in a CUDA graph."""
+        (upsampled by scale) through VGG19 `chunk` at a time with no graph. A fixed K and
+        chunk give a fixed sequence of kernels, so the loop captures in a CUDA graph."""
         sums_of = NEGATIVE_SUMS[self.backend]
         totals: list = [None] * len(anchors)
         with torch.no_grad():
             for start in range(0, negatives.size(0), chunk):
                 source = None if negative_source is None else negative_source[start:start + chunk]
-                self._add_chunk(totals, sums_of, anchors, negatives[start:start + chunk], source)
+                images = negatives[start:start + chunk]
+                if scale != 1:
+                    images = upsample_negatives(images, None, scale)
+                self._add_chunk(totals, sums_of, anchors, images, source)
         return totals
 
     def _add_chunk(self, totals, sums_of, anchors, images, source) -> None:
@@ -196,19 +206,21 @@ class CSDLoss(nn.Module):
         if self.lambda_c:
             local = None
             if negatives_lr is not None:
-                negatives = upsample_negatives(negatives_lr.to(student.device), None, scale)
+                negatives = negatives_lr.to(student.device)
             else:
                 pool = lr if lr_pool is None else lr_pool
                 if negative_sources is None:
                     negative_sources = draw_negative_sources(pool.size(0), self.neg_num, generator)
                 source = negative_sources.to(pool.device)
-                negatives = upsample_negatives(pool, source, scale)
+                negatives = pool[source].detach()
                 if self.exclude_self:  # pool index -> this batch's index; -1: not an anchor here
                     local = source - pool_offset
                     local = torch.where((local >= 0) & (local < student.size(0)), local,
                                         torch.full_like(local, -1))
             positive = teacher.detach() if self.t_detach else teacher
-            terms["contrastive"] = self.contrastive(student, positive, negatives, local, reduce)
+            # the LR negatives, upsampled inside the loss one chunk at a time
+            terms["contrastive"] = self.contrastive(student, positive, negatives, local, reduce,
+                                                    negatives_scale=scale)
             total = total + self.lambda_c * terms["contrastive"]
         terms["total"] = total
         return terms
