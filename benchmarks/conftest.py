@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import csd_fast
+from csd_fast._memory import cpu_peak_bytes
 
 CUDA_READY = torch.cuda.is_available() and csd_fast.build_info()["cuda"]
 
@@ -34,22 +35,8 @@ def synchronized(fn, device):
 
 
 def cpu_peak_mb(fn) -> float:
-    """Peak CPU tensor memory fn allocates beyond what exists when it starts, from the
-    profiler's allocation events (PyTorch keeps no CPU peak counter)."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(
-        (e for e in prof.profiler.kineto_results.events()
-         if e.name() == "[memory]" and e.device_type() == DeviceType.CPU),
-        key=lambda e: e.start_ns())
-    current = peak = 0
-    for event in events:
-        current += event.nbytes()
-        peak = max(peak, current)
-    return peak / 2**20
+    """Peak CPU tensor memory fn allocates beyond what exists when it starts, in MiB."""
+    return cpu_peak_bytes(fn) / 2**20
 
 
 def run_benchmark(benchmark, fn, device, rounds=5, warmup=1, measure_memory=False):

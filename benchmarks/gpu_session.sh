@@ -4,8 +4,8 @@
 # which path ran, the graphs the model builds against the deviceless engine list, CUDA-
 # graph inference against eager, the training step's capture), the GPU baselines (per layer and whole network,
 # against eager and torch.compile), compute-sanitizer memcheck over one call per CUDA
-# conv path and racecheck over the contrastive kernel, the CUDA benchmark suite, and the
-# negatives_scaling group (K 1 .. 64 at B16 HR192: time, peak memory, and its plot).
+# conv path and racecheck over the contrastive kernels, the CUDA benchmark suite, and the
+# negatives_scaling group (K 1 .. 1024 at B16 HR192: time, peak memory, and its plot).
 # Full logs go to $OUT (default /tmp/csd_fast_gpu); a short summary is printed last.
 #   bash benchmarks/gpu_session.sh            (from the repository root)
 # Wheels the GPU image lacks travel in .whl/ (carry=[".whl"]): pypng and
@@ -74,13 +74,14 @@ step baselines baselines.log 170 python3 benchmarks/gpu_baselines.py --max-autot
 # Without the caching allocator every tensor is its own cudaMalloc, so memcheck sees a
 # graph that writes past its tensor (a wrong stride or offset) instead of into a
 # neighbour in the same pool block. The conv ops are cuDNN's kernels on our tensor
-# descriptors; racecheck only judges our own kernel, the contrastive distance.
+# descriptors; racecheck only judges our own kernels, the contrastive distance and sums.
 step memcheck memcheck.log 70 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 \
     compute-sanitizer --tool memcheck --error-exitcode 9 pytest tests/test_sliced_conv_cuda.py \
-    tests/test_contrastive_distance.py -q \
-    -k "(test_contrastive_distance and cuda and not compile) or sanitizer_set"
+    tests/test_contrastive_distance.py tests/test_streamed_negatives.py -q \
+    -k "(test_contrastive_distance and cuda and not compile) or sanitizer_set or (sums_match and cuda and fused and dtype1)"
 step racecheck racecheck.log 40 compute-sanitizer --tool racecheck --error-exitcode 9 \
-    pytest tests/test_contrastive_distance.py -q -k "cuda and forward_matches"
+    pytest tests/test_contrastive_distance.py tests/test_streamed_negatives.py -q \
+    -k "cuda and (forward_matches or (sums_match and fused and dtype1))"
 step benchmarks bench.log 100 pytest benchmarks -q --benchmark-only -k "cuda and not negatives_scaling" \
     --benchmark-json "$OUT/bench.json"
 [ -s "$OUT/bench.json" ] && python3 benchmarks/render_results.py "$OUT/bench.json" \

@@ -44,10 +44,10 @@ def test_contrastive_value_and_gradient(vgg, backend, exclude):
     source = torch.tensor([2, 0]) if exclude else None
     got = ContrastiveLoss(vgg, backend=backend)(student, teacher, negatives, source)
     want = reference_contrastive(vgg, student, teacher, negatives, source)
-    torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=0)
     (g,) = torch.autograd.grad(got, student)
     (w,) = torch.autograd.grad(want, student)
-    torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-12)
+    torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-14)
 
 
 def test_teacher_gradient_when_not_detached(vgg):
@@ -58,7 +58,7 @@ def test_teacher_gradient_when_not_detached(vgg):
     g = torch.autograd.grad(got, (student, teacher))
     w = torch.autograd.grad(want, (student, teacher))
     for a, b in zip(g, w):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-12)
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-14)
 
 
 def test_total_objective(vgg):
@@ -70,7 +70,7 @@ def test_total_objective(vgg):
     negatives, _ = make_negatives(lr, 2, 3, torch.Generator().manual_seed(5))
     want = (F.l1_loss(student, hr) + F.l1_loss(teacher, hr)
             + 200 * reference_contrastive(vgg, student, teacher, negatives))
-    torch.testing.assert_close(terms["total"].double(), want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(terms["total"], want, rtol=1e-10, atol=0)
     baseline = CSDLoss(None, lambda_c=0, lambda_t=0)(student, None, hr, lr, 2)
     assert set(baseline) == {"l1_student", "total"}
     torch.testing.assert_close(baseline["total"], F.l1_loss(student, hr))
@@ -87,11 +87,10 @@ def test_negatives_from_outside_the_batch(vgg, backend):
     negatives = F.interpolate(pool, scale_factor=2, mode="bicubic", align_corners=False)
     want = (F.l1_loss(student, hr) + F.l1_loss(teacher, hr)
             + 200 * reference_contrastive(vgg, student, teacher, negatives))
-    torch.testing.assert_close(terms["total"].double(), want, rtol=1e-5, atol=0)
+    torch.testing.assert_close(terms["total"], want, rtol=1e-10, atol=0)
     (g,) = torch.autograd.grad(terms["total"], student)
     (w,) = torch.autograd.grad(want, student)
-    # the float32 ratio: rounding of ~1e-7 of the largest entry
-    torch.testing.assert_close(g.double(), w, rtol=1e-4, atol=1e-6 * float(w.abs().max()))
+    torch.testing.assert_close(g, w, rtol=1e-8, atol=1e-14)
 
 
 def test_make_negatives():

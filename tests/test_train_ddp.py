@@ -50,7 +50,9 @@ STAGES = {"teacher": dict(stage="teacher"),
           # K = 6 > the global batch of 4; exclusion leaves 2 of the 6 images at least
           "csd_dataset": dict(CONTRASTIVE, negatives="dataset", neg_num=6),
           "csd_dataset_exclude_self": dict(CONTRASTIVE, negatives="dataset", neg_num=6,
-                                           exclude_self=True)}
+                                           exclude_self=True),
+          # K = 256, streamed through VGG19 in 64 chunks of the (global) batch's 4
+          "csd_dataset_256": dict(CONTRASTIVE, negatives="dataset", neg_num=256)}
 
 
 def free_port() -> int:
@@ -129,7 +131,8 @@ def test_every_step_of_two_processes_matches_one(tmp_path):
         first_moments[name] = gradients(one)
     # the contrastive term moves the gradient far beyond the tolerance above: a DDP run that
     # got it wrong (per-rank ratios, per-rank negatives, per-rank exclusions) would fail
-    for name in ("csd", "csd_exclude_self", "csd_dataset", "csd_dataset_exclude_self"):
+    for name in ("csd", "csd_exclude_self", "csd_dataset", "csd_dataset_exclude_self",
+                 "csd_dataset_256"):
         gap = max(float(((first_moments[name][k] - first_moments["csd_l1"][k]).abs().max())
                          / first_moments["csd_l1"][k].abs().max()) for k in first_moments[name])
         assert gap > 1e-2, (name, gap)

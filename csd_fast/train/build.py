@@ -37,7 +37,10 @@ def build_loss(cfg: TrainConfig, device: torch.device) -> CSDLoss:
         return CSDLoss(None, lambda_c=0.0, lambda_t=0.0)
     vgg = load_vgg19(cfg.vgg_weights, random_weights=cfg.random_vgg).to(device) if cfg.lambda_c else None
     return CSDLoss(vgg, cfg.lambda_c, cfg.lambda_t, cfg.neg_num, cfg.t_detach, cfg.exclude_self,
-                   backend=None if cfg.loss_backend == "auto" else cfg.loss_backend)
+                   backend=None if cfg.loss_backend == "auto" else cfg.loss_backend,
+                   # the global batch, not this process's part: every process then chunks the
+                   # negatives as one process does, and computes the same features bit for bit
+                   neg_chunk=cfg.neg_chunk or cfg.batch)
 
 
 def build_optimizer(cfg: TrainConfig, model: EDSRCSD, device: torch.device, amp: str | None):

@@ -49,6 +49,9 @@ class TrainConfig:
     negatives: str = option("batch", "where the negatives come from: batch (the reference: neg_num "
                                      "items of the batch) or dataset (neg_num LR patches drawn from "
                                      "the training set each step, any neg_num)")
+    neg_chunk: int | None = option(None, "negatives per VGG19 pass of the contrastive loss, which "
+                                         "streams them: memory of one chunk whatever neg_num; none: "
+                                         "batch (over all processes); the loss equals to rounding")
     lambda_c: float = option(200.0, "weight of the contrastive term (0: none, and no VGG19)")
     lambda_t: float = option(1.0, "weight of the teacher's L1 term (csd stage)")
     t_detach: bool = option(True, "stop gradients through the teacher as the contrastive positive")
@@ -231,6 +234,7 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("n_resblocks",):
         need(getattr(cfg, key) is None or getattr(cfg, key) >= 0, key, "must be >= 0")
     need(cfg.n_feats is None or cfg.n_feats >= 1, "n_feats", "must be >= 1")
+    need(cfg.neg_chunk is None or cfg.neg_chunk >= 1, "neg_chunk", "must be >= 1 or none")
     need(cfg.rgb_range is None or cfg.rgb_range > 0, "rgb_range", "must be > 0")
     need(cfg.num_workers >= 0, "num_workers", "must be >= 0")
     need(cfg.lr > 0, "lr", "must be > 0")

@@ -1,4 +1,5 @@
-// CPU kernels of csd_fast::contrastive_distance and its backward.
+// CPU kernels of csd_fast::contrastive_distance, its backward, and
+// csd_fast::contrastive_negative_sums (the streamed loss's per-chunk sums).
 //
 // One pass over memory: the element range is cut into fixed chunks; each chunk reads
 // its slice of every anchor, positive and negative once (they stay in cache while all
@@ -88,6 +89,27 @@ void add_scaled_sign(T* out, const T* x, const T* y, T scale, int64_t n, bool ac
 
 inline bool excluded(const int64_t* source, int64_t k, int64_t b) {
   return source != nullptr && source[k] == b;
+}
+
+// sum |x[i] - y[i]|, and sign(x[i] - y[i]) added to signs[i]: one pass for both
+template <typename T>
+T sum_abs_diff_add_sign(const T* x, const T* y, T* signs, int64_t n) {
+  using Vec = at::vec::Vectorized<T>;
+  const Vec zero(T(0)), one(T(1)), minus_one(T(-1));
+  Vec acc(T(0));
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    const Vec d = Vec::loadu(x + i) - Vec::loadu(y + i);
+    acc += d.abs();
+    (Vec::loadu(signs + i) + ((d > zero) & one) + ((d < zero) & minus_one)).store(signs + i);
+  }
+  T sum = at::vec::vec_reduce_all<T>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; i < n; ++i) {
+    const T d = x[i] - y[i];
+    sum += std::abs(d);
+    signs[i] += d > 0 ? T(1) : (d < 0 ? T(-1) : T(0));
+  }
+  return sum;
 }
 
 std::tuple<at::Tensor, at::Tensor> contrastive_distance_cpu(
@@ -196,11 +218,61 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_distance_backward_cpu
   return {grad_anchor, grad_positive, grad_negatives};
 }
 
+// Per anchor b, the distance sum sum_k sum_e |N_k - A_b| and the sign sum
+// sum_k sign(A_b - N_k) over the pairs not excluded. Element chunks run in parallel, each
+// writing its slice of the sign sums and one partial distance per anchor; the partials
+// are added in chunk order, so results do not depend on the number of threads.
+std::tuple<at::Tensor, at::Tensor> contrastive_negative_sums_cpu(
+    const at::Tensor& anchor, const at::Tensor& negatives,
+    const std::optional<at::Tensor>& negative_source) {
+  const auto in = prepare_negative_sums_inputs(anchor, negatives, negative_source,
+                                               c10::DeviceType::CPU);
+  const int64_t B = in.batch, K = in.count, E = in.elements;
+  const int64_t chunks = (E + kChunk - 1) / kChunk;
+  const auto sum_dtype = accumulation_dtype(anchor);
+  auto sign_sum = at::empty(in.anchor.sizes(),
+                            anchor.options().dtype(sum_dtype).memory_format(in.format));
+  std::vector<double> partial(chunks * B);
+  const int64_t* source = in.source.defined() ? in.source.data_ptr<int64_t>() : nullptr;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.anchor.scalar_type(),
+                                  "contrastive_negative_sums_cpu", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    opmath_t* signs = sign_sum.data_ptr<opmath_t>();
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      ChunkRows<scalar_t, opmath_t> a(in.anchor.const_data_ptr<scalar_t>(), B, E);
+      ChunkRows<scalar_t, opmath_t> n(in.negatives.const_data_ptr<scalar_t>(), K, E);
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t start = c * kChunk, len = std::min(kChunk, E - start);
+        a.load(start, len);
+        n.load(start, len);
+        for (int64_t b = 0; b < B; ++b) {
+          opmath_t* out = signs + b * E + start;
+          std::fill(out, out + len, opmath_t(0));
+          double dist = 0;
+          for (int64_t k = 0; k < K; ++k)
+            if (!excluded(source, k, b))
+              dist += sum_abs_diff_add_sign(a.row(b), n.row(k), out, len);
+          partial[c * B + b] = dist;
+        }
+      }
+    });
+  });
+  auto distance_sums = at::empty({B}, anchor.options().dtype(at::kDouble));
+  double* sums = distance_sums.data_ptr<double>();
+  for (int64_t b = 0; b < B; ++b) {
+    sums[b] = 0;
+    for (int64_t c = 0; c < chunks; ++c) sums[b] += partial[c * B + b];
+  }
+  return {distance_sums.to(sum_dtype), sign_sum};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(csd_fast, CPU, m) {
   m.impl("contrastive_distance", &contrastive_distance_cpu);
   m.impl("contrastive_distance_backward", &contrastive_distance_backward_cpu);
+  m.impl("contrastive_negative_sums", &contrastive_negative_sums_cpu);
 }
 
 }  // namespace csd_fast

@@ -1,4 +1,5 @@
-// CUDA kernels of csd_fast::contrastive_distance and its backward.
+// CUDA kernels of csd_fast::contrastive_distance, its backward, and
+// csd_fast::contrastive_negative_sums (the streamed loss's per-chunk sums; at its end).
 //
 // A thread owns a few adjacent element positions and forms all (anchor, negative) pairs
 // there, so every input value comes from device memory about once and the B x K
@@ -377,11 +378,91 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> contrastive_distance_backward_cud
   return {grad_anchor, grad_positive, grad_negatives};
 }
 
+// contrastive_negative_sums. grid.y is the anchor b, grid.x walks its elements: a thread
+// reads A_b[e] once and the chunk's K negatives at e (coalesced across the warp), writes
+// the sign sum at e and keeps its distance partial; each block leaves one partial per
+// anchor, which the finish kernel adds in a fixed order (deterministic, no atomics).
+template <typename scalar_t, typename opmath_t>
+__global__ void contrastive_negative_sums_kernel(const scalar_t* __restrict__ anchor,
+                                                 const scalar_t* __restrict__ negatives,
+                                                 const int64_t* __restrict__ source, int64_t K,
+                                                 int64_t E, opmath_t* __restrict__ sign_sum,
+                                                 opmath_t* __restrict__ partials) {
+  const int64_t b = blockIdx.y;
+  opmath_t dist = 0;
+  for (int64_t e = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; e < E;
+       e += int64_t(gridDim.x) * blockDim.x) {
+    const opmath_t a = anchor[b * E + e];
+    opmath_t signs = 0;
+    for (int64_t k = 0; k < K; ++k) {
+      if (source == nullptr || source[k] != b) {
+        const opmath_t d = a - opmath_t(negatives[k * E + e]);
+        dist += ::abs(d);
+        signs += sign_of(d);
+      }
+    }
+    sign_sum[b * E + e] = signs;
+  }
+  __shared__ opmath_t shared[kThreads / 32];
+  dist = block_sum(dist, shared);
+  if (threadIdx.x == 0) partials[b * gridDim.x + blockIdx.x] = dist;
+}
+
+// One block per anchor: its row of `blocks` partials summed in double, in a fixed order.
+template <typename opmath_t>
+__global__ void contrastive_negative_sums_finish_kernel(const opmath_t* __restrict__ partials,
+                                                        int64_t blocks,
+                                                        opmath_t* __restrict__ distance_sums) {
+  double sum = 0;
+  for (int64_t i = threadIdx.x; i < blocks; i += blockDim.x)
+    sum += partials[blockIdx.x * blocks + i];
+  __shared__ double shared[kThreads / 32];
+  sum = block_sum(sum, shared);
+  if (threadIdx.x == 0) distance_sums[blockIdx.x] = opmath_t(sum);
+}
+
+std::tuple<at::Tensor, at::Tensor> contrastive_negative_sums_cuda(
+    const at::Tensor& anchor, const at::Tensor& negatives,
+    const std::optional<at::Tensor>& negative_source) {
+  const auto in = prepare_negative_sums_inputs(anchor, negatives, negative_source,
+                                               c10::DeviceType::CUDA);
+  const c10::cuda::CUDAGuard guard(anchor.device());
+  const int64_t B = in.batch, K = in.count, E = in.elements;
+  TORCH_CHECK(B <= 65535,
+              "contrastive_negative_sums: at most 65535 anchors per call on CUDA, got ", B);
+  const auto sum_dtype = accumulation_dtype(anchor);
+  const auto sum_options = anchor.options().dtype(sum_dtype);
+  auto sign_sum = at::empty(in.anchor.sizes(), sum_options.memory_format(in.format));
+  auto distance_sums = at::empty({B}, sum_options);
+  // about 16 blocks per SM over all anchors, at most one block per kThreads elements
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t blocks = std::max<int64_t>(
+      1, std::min<int64_t>((E + kThreads - 1) / kThreads, (sms * 16 + B - 1) / B));
+  auto partials = at::empty({B, blocks}, sum_options);
+  const int64_t* source = in.source.defined() ? in.source.const_data_ptr<int64_t>() : nullptr;
+  const auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, anchor.scalar_type(),
+                                  "contrastive_negative_sums_cuda", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    contrastive_negative_sums_kernel<scalar_t, opmath_t>
+        <<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(B)), kThreads, 0, stream>>>(
+            in.anchor.const_data_ptr<scalar_t>(), in.negatives.const_data_ptr<scalar_t>(), source,
+            K, E, sign_sum.mutable_data_ptr<opmath_t>(), partials.mutable_data_ptr<opmath_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    contrastive_negative_sums_finish_kernel<opmath_t>
+        <<<static_cast<unsigned>(B), kThreads, 0, stream>>>(
+            partials.const_data_ptr<opmath_t>(), blocks, distance_sums.mutable_data_ptr<opmath_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {distance_sums, sign_sum};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(csd_fast, CUDA, m) {
   m.impl("contrastive_distance", &contrastive_distance_cuda);
   m.impl("contrastive_distance_backward", &contrastive_distance_backward_cuda);
+  m.impl("contrastive_negative_sums", &contrastive_negative_sums_cuda);
 }
 
 }  // namespace csd_fast
