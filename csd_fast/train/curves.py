@@ -89,18 +89,7 @@ def _panel(draw, box, title: str, series: list[tuple[str, tuple, Points]], x_max
     lo, hi = y_ticks[0], y_ticks[-1]
     fx = lambda x: x0 + (x1 - x0) * x / max(x_max, 1)  # noqa: E731
     fy = lambda y: y1 - (y1 - y0) * (y - lo) / (hi - lo)  # noqa: E731
-    for y in y_ticks:
-        draw.line((x0, fy(y), x1, fy(y)), fill=GRID_COLOUR)
-        label = f"{y:.{decimals}f}"
-        width = draw.textlength(label)
-        draw.text((x0 - 4 - width, fy(y) - 6), label, fill=(0, 0, 0))
-    x_ticks, x_decimals = nice_ticks(0, max(x_max, 1), 7)
-    for x in (t for t in x_ticks if t <= x_max):
-        label = f"{x:.{x_decimals}f}"
-        draw.line((fx(x), y1, fx(x), y1 + 3), fill=(0, 0, 0))
-        draw.text((fx(x) - draw.textlength(label) / 2, y1 + 5), label, fill=(0, 0, 0))
-    if x_label:
-        draw.text(((x0 + x1 - draw.textlength(x_label)) / 2, y1 + 18), x_label, fill=(0, 0, 0))
+    _axes(draw, box, fx, fy, (y_ticks, decimals), x_max, x_label)
     for m in marks:  # stage boundary
         draw.line((fx(m), y0, fx(m), y1), fill=BOUNDARY_COLOUR)
     legend_x = x0
@@ -116,6 +105,23 @@ def _panel(draw, box, title: str, series: list[tuple[str, tuple, Points]], x_max
     draw.rectangle(box, outline=(0, 0, 0))
 
 
+def _axes(draw, box, fx, fy, y_ticks: tuple[list[float], int], x_max: float, x_label: str | None) -> None:
+    """Grid lines and labels at the y ticks (values, decimals), iteration ticks below the box."""
+    x0, y0, x1, y1 = box
+    values, decimals = y_ticks
+    for y in values:
+        draw.line((x0, fy(y), x1, fy(y)), fill=GRID_COLOUR)
+        label = f"{y:.{decimals}f}"
+        draw.text((x0 - 4 - draw.textlength(label), fy(y) - 6), label, fill=(0, 0, 0))
+    x_ticks, x_decimals = nice_ticks(0, max(x_max, 1), 7)
+    for x in (t for t in x_ticks if t <= x_max):
+        label = f"{x:.{x_decimals}f}"
+        draw.line((fx(x), y1, fx(x), y1 + 3), fill=(0, 0, 0))
+        draw.text((fx(x) - draw.textlength(label) / 2, y1 + 5), label, fill=(0, 0, 0))
+    if x_label:
+        draw.text(((x0 + x1 - draw.textlength(x_label)) / 2, y1 + 18), x_label, fill=(0, 0, 0))
+
+
 def _boundaries(stages: list[str]) -> str:
     """What the grey lines mark: the end of each stage but the last."""
     if len(stages) < 2:
@@ -123,6 +129,23 @@ def _boundaries(stages: list[str]) -> str:
     if len(stages) == 2:
         return f"; grey line: end of the {stages[0]} stage"
     return f"; grey lines: ends of the {', '.join(stages[:-1])} stages"
+
+
+def _chained(runs: Sequence[tuple[str, list[dict]]]) -> tuple[dict, dict, Points, list[int]]:
+    """The width-1 and student {"l1", "psnr"} points and the contrastive points of runs drawn
+    one after the other, and the iteration at which each run ends."""
+    teacher: dict[str, Points] = {"l1": [], "psnr": []}
+    student: dict[str, Points] = {"l1": [], "psnr": []}
+    contrastive: Points = []
+    ends = [0]
+    for stage, rows in runs:
+        for keys, out in ((TEACHER_KEYS.get(stage), teacher), (STUDENT_KEYS.get(stage), student)):
+            if keys:
+                out["l1"] += _points(rows, keys[0], ends[-1])
+                out["psnr"] += _points(rows, keys[1], ends[-1])
+        contrastive += _points(rows, "contrastive", ends[-1])
+        ends.append(ends[-1] + max((int(r["iteration"]) for r in rows), default=0))
+    return teacher, student, contrastive, ends[1:]
 
 
 def training_curves(runs: Sequence[tuple[str, list[dict]]], path: str | os.PathLike, width: float,
@@ -138,19 +161,8 @@ def training_curves(runs: Sequence[tuple[str, list[dict]]], path: str | os.PathL
     """
     from PIL import Image, ImageDraw
 
-    teacher: dict[str, Points] = {"l1": [], "psnr": []}
-    student: dict[str, Points] = {"l1": [], "psnr": []}
-    contrastive: Points = []
-    total, marks = 0, []
-    for stage, rows in runs:
-        for keys, out in ((TEACHER_KEYS.get(stage), teacher), (STUDENT_KEYS.get(stage), student)):
-            if keys:
-                out["l1"] += _points(rows, keys[0], total)
-                out["psnr"] += _points(rows, keys[1], total)
-        contrastive += _points(rows, "contrastive", total)
-        total += max((int(r["iteration"]) for r in rows), default=0)
-        marks.append(total)
-    marks.pop()  # the end of the last run is the right edge, not a boundary
+    teacher, student, contrastive, marks = _chained(runs)
+    total = marks.pop() if marks else 0  # the last run ends at the right edge, not a boundary
     alone = {key: _points(student_alone or [], STUDENT_KEYS["student"][i], 0)
              for i, key in enumerate(("l1", "psnr"))}
     x_max = max([total] + [x for points in alone.values() for x, _ in points])
