@@ -2,7 +2,8 @@
 import pytest
 from PIL import Image
 
-from csd_fast.train.curves import STUDENT_COLOUR, TEACHER_COLOUR, read_log, training_curves
+from csd_fast.train.curves import (ALONE_COLOUR, STUDENT_COLOUR, TEACHER_COLOUR, nice_ticks, read_log,
+                                  training_curves)
 from csd_fast.train.runlog import LOG_FIELDS
 
 
@@ -47,3 +48,25 @@ def test_stages_in_one_figure_and_read_log(tmp_path):
     with Image.open(path) as im:
         column = [im.convert("RGB").getpixel((50 + 610 * 2 // 5, y)) for y in range(41, 250)]
     assert column.count((180, 180, 180)) > 150
+
+
+@pytest.mark.parametrize("lo, hi, count, ticks, decimals", [
+    (32.1, 33.7, 5, [32.0, 32.5, 33.0, 33.5, 34.0], 1),      # PSNR: both ends on a tick
+    (0, 1400, 7, [0, 200, 400, 600, 800, 1000, 1200, 1400], 0),
+    (0.012, 0.097, 5, [0.0, 0.02, 0.04, 0.06, 0.08, 0.1], 2),
+    (3.2, 61.5, 5, [0, 20, 40, 60, 80], 0),
+    (0, 10, 4, [0, 2.5, 5, 7.5, 10], 1),                     # a 2.5 step needs one decimal more
+])
+def test_axis_ticks_are_round_values_covering_the_data(lo, hi, count, ticks, decimals):
+    got, got_decimals = nice_ticks(lo, hi, count)
+    assert got == pytest.approx(ticks) and got_decimals == decimals
+
+
+def test_student_alone_is_drawn_beside_the_stages(tmp_path):
+    teacher = [row(i, l1_student=9 - i, val_psnr_student=20 + i, val_psnr_teacher=20 + i) for i in (1, 2)]
+    csd = [row(i, l1_student=5 - i, l1_teacher=3, val_psnr_student=19 + i, val_psnr_teacher=21) for i in (1, 2)]
+    alone = [row(i, l1_student=6 - i, val_psnr_student=18 + i) for i in (1, 2, 3, 4)]
+    path = training_curves([("teacher", teacher), ("csd", csd)], tmp_path / "c.png", 0.5, student_alone=alone)
+    assert {TEACHER_COLOUR, STUDENT_COLOUR, ALONE_COLOUR} <= colours(path)
+    assert ALONE_COLOUR not in colours(training_curves([("teacher", teacher), ("csd", csd)],
+                                                       tmp_path / "d.png", 0.5))

@@ -6,11 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from csd_fast import demo
 from csd_fast.cli import main as cli_main
-from csd_fast.train.curves import STUDENT_COLOUR, TEACHER_COLOUR
+from csd_fast.demo.figures import detailed_region, side_by_side
+from csd_fast.train.curves import ALONE_COLOUR, STUDENT_COLOUR, TEACHER_COLOUR
 
 TINY = ["--iterations", "2", "--csd-iterations", "2", "--patch", "8", "--batch", "2",
         "--neg-num", "2", "--quiet", "--device", "cpu"]
@@ -54,11 +56,11 @@ def test_demo_end_to_end_on_own_data(tmp_path, capsys):
     assert report["heldout_images"] == ["img3.png"]
     assert report["params"]["student"] < report["params"]["teacher"]
     with Image.open(out / "side_by_side.png") as im:
-        assert im.size[0] > 4 * im.size[1]  # five columns, one row
+        assert im.size[0] > 3 * im.size[1]  # six columns (where, five methods), one row
     with Image.open(out / "training_curves.png") as im:
         assert im.size == (720, 830)  # both stages in one figure: L1, contrastive, PSNR panels
         colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
-    assert {TEACHER_COLOUR, STUDENT_COLOUR} <= colours
+    assert {TEACHER_COLOUR, STUDENT_COLOUR, ALONE_COLOUR} <= colours
     # the student checkpoint loads like any other, and says which width it is for
     import csd_fast
     model = csd_fast.load_checkpoint(out / "runs" / "csd" / "best.safetensors")
@@ -125,3 +127,46 @@ def test_images_smaller_than_the_patch_are_a_clear_error(tmp_path, capsys):
     assert cli_main(["demo", "--data", str(data), "--output", str(tmp_path / "o"), *TINY,
                       "--patch", "16"]) == 2
     assert "--patch" in capsys.readouterr().err
+
+
+def test_the_region_shown_is_where_the_detail_is():
+    """A flat photo with one patch of noise: the window picked is on the patch, and never
+    closer to the edge than the margin (the border the PSNR protocol crops)."""
+    gen = torch.Generator().manual_seed(3)
+    flat = torch.full((3, 60, 80), 120, dtype=torch.uint8)
+    hr = flat.clone()
+    hr[:, 30:46, 41:57] = torch.randint(0, 256, (3, 16, 16), generator=gen, dtype=torch.uint8)
+    y, x = detailed_region(hr, 16, 2)
+    assert abs(y - 30) <= 1 and abs(x - 41) <= 1
+    corner = flat.clone()
+    corner[:, :10, :10] = torch.randint(0, 256, (3, 10, 10), generator=gen, dtype=torch.uint8)
+    assert detailed_region(corner, 16, 2) == (2, 2)
+    corner = flat.clone()
+    corner[:, -10:, -10:] = torch.randint(0, 256, (3, 10, 10), generator=gen, dtype=torch.uint8)
+    assert detailed_region(corner, 16, 2) == (60 - 2 - 16, 80 - 2 - 16)
+    with pytest.raises(ValueError, match="no 58x58 window"):
+        detailed_region(hr, 58, 2)
+
+
+def find(sheet: np.ndarray, block: np.ndarray) -> list[tuple[int, int]]:
+    """Where block appears, pixel for pixel, in sheet (both H x W x 3)."""
+    h, w = block.shape[:2]
+    starts = np.argwhere((sheet == block[0, 0]).all(-1))
+    return [(int(y), int(x)) for y, x in starts
+            if np.array_equal(sheet[y:y + h, x:x + w], block)]
+
+
+def test_side_by_side_shows_each_crop_enlarged_pixel_for_pixel(tmp_path):
+    gen = torch.Generator().manual_seed(4)
+    hr = torch.randint(0, 256, (3, 40, 50), generator=gen, dtype=torch.uint8)
+    crops = [torch.randint(0, 256, (3, 12, 12), generator=gen, dtype=torch.uint8) for _ in range(3)]
+    rows = [{"image": "noise", "hr": hr, "region": (5, 7, 12), "crops": crops, "psnr": [20.5, 31.25, None]}]
+    side_by_side(rows, ["a", "b", "HR"], tmp_path / "s.png", 3, ["caption"])
+    sheet = np.asarray(Image.open(tmp_path / "s.png").convert("RGB"))
+    found = []
+    for crop in crops:
+        enlarged = crop.permute(1, 2, 0).numpy().repeat(3, 0).repeat(3, 1)  # nearest neighbour, x3
+        (where,) = find(sheet, enlarged)
+        found.append(where)
+    # one row, left to right in column order
+    assert len({y for y, _ in found}) == 1 and [x for _, x in found] == sorted(x for _, x in found)

@@ -20,7 +20,7 @@ from csd_fast.train import ConfigError, load_config, train
 from csd_fast.train.sampling import (NEGATIVE_SLOTS, DatasetNegatives, IterationBatches, draw_item,
                                      item_seed)
 
-from test_train import KILLED_RUN
+from _train_helpers import KILLED_RUN
 
 SCALE, PATCH = 2, 4
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -25,6 +24,7 @@ from csd_fast.cli import main as cli_main
 from csd_fast.train.curves import STUDENT_COLOUR, TEACHER_COLOUR
 
 from _data import random_images
+from _train_helpers import KILLED_RUN
 
 TINY = dict(scale=2, n_feats=8, n_resblocks=1, lr_patch=8, batch=4, neg_num=2, random_vgg=True,
             width=0.5, progress=False, log_every=1)
@@ -326,19 +326,6 @@ def test_tensorboard_off_by_config_or_missing_package(images, tmp_path, capsys, 
 
 # --- exact resume after SIGKILL ---------------------------------------------------------------
 
-KILLED_RUN = textwrap.dedent("""
-    import os, signal, sys, torch, yaml
-    torch.set_num_threads(int(sys.argv[2]))
-    from csd_fast.train import TrainConfig, train
-
-    def die_after_4(iteration, path):  # as sudden as a power cut: no cleanup runs
-        if iteration == 4:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    train(TrainConfig(**yaml.safe_load(open(sys.argv[1]))), on_checkpoint=die_after_4)
-""")
-
-
 def test_resume_after_sigkill_is_exact(images, tmp_path):
     common = dict(stage="csd", iterations=6, checkpoint_every=2, val_every=3, deterministic=True)
     full = train(tiny(images, tmp_path / "full", **common))
@@ -385,6 +372,10 @@ def test_non_finite_loss_stops_and_keeps_last_good(images, tmp_path, monkeypatch
 
 # --- numerics options and loader workers ----------------------------------------------------
 
+SCHEDULE_FIRST = "error:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`:UserWarning"
+
+
+@pytest.mark.filterwarnings(SCHEDULE_FIRST)
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_amp_channels_last_and_clipping_run(images, tmp_path, amp):
     result = train(tiny(images, tmp_path / "run", stage="csd", iterations=2, amp=amp,
@@ -468,6 +459,36 @@ def test_fp16_grad_scaler_state_is_saved_and_restored_on_resume(images, tmp_path
     train(tiny(images, out, iterations=4, **common), resume=True)
     # restored on resume, it counts on from 2; a fresh scaler would say 2 again
     assert torch.load(out / "last.pt", weights_only=True)["scaler"]["_growth_tracker"] == 4
+
+
+@pytest.mark.filterwarnings(SCHEDULE_FIRST)
+def test_fp16_schedule_steps_with_the_updates_the_scaler_lets_through(images, tmp_path, monkeypatch):
+    """fp16 loss scaling skips the optimizer's step when the scaled gradients overflow (here
+    the first step, its loss made 1e4 times larger); the schedule steps only after an update,
+    never before the first one (torch warns then), and resumes counting where it stopped."""
+    real, calls = CSDLoss.forward, []
+
+    def overflow_first(self, *args, **kwargs):
+        terms = real(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:  # finite in float32, but its fp16 gradients overflow when scaled
+            terms["total"] = terms["total"] * 1e4
+        return terms
+
+    monkeypatch.setattr(CSDLoss, "forward", overflow_first)
+    updates: list[int] = []
+    handle = register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: updates.append(1))
+    common = dict(stage="teacher", amp="fp16", decay_every=1, decay_gamma=0.5, checkpoint_every=2,
+                  val_data=None, tensorboard=False)
+    try:
+        train(tiny(images, tmp_path / "run", iterations=2, **common))
+        train(tiny(images, tmp_path / "run", iterations=4, **common), resume=True)
+    finally:
+        handle.remove()
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert last["scaler"]["scale"] == 2.0 ** 15  # halved once: one step skipped
+    assert len(updates) == 3 and last["scheduler"]["last_epoch"] == 3
+    assert last["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4 * 0.5 ** 3)
 
 
 def test_no_grad_scaler_state_without_fp16(images, tmp_path):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import warnings
 
 import numpy as np
 import pytest
@@ -68,7 +69,11 @@ def config(name: str, images: str, out_dir, step: int):
 
 def worker(rank: int, world: int, ports: list[int], images: str, root: str) -> None:
     """STEPS runs of one step each per stage, each resuming the last; rank 0 keeps a copy
-    of the checkpoint after every step."""
+    of the checkpoint after every step. A deprecation warning on the training path (the
+    differentiable all-reduce once raised one) is an error here: spawned processes do not
+    inherit pytest's warning filters."""
+    warnings.simplefilter("error", FutureWarning)
+    warnings.simplefilter("error", DeprecationWarning)
     torch.set_num_threads(1)
     port = iter(ports)
     for name in STAGES:

@@ -1,5 +1,14 @@
 """The demo's steps, each through the package's public functions: train the three runs,
-score them on the held-out photographs, time the exported slim student, write the report."""
+score them on the held-out photographs, time the exported slim student, write the report.
+
+    Demo(settings).run():
+        choose_photos()    the bundled photographs or --data's, split train / held out
+        prepare_output()   --output, refusing an earlier demo's runs unless --overwrite
+        make_data()        the photographs as PNG folders (temporary)
+        train()            teacher, CSD student, student alone
+        evaluate()         scores, CPU times, the figure's regions
+        report()           the table, the figures, results.json and table.txt
+"""
 from __future__ import annotations
 
 import json
@@ -10,93 +19,135 @@ from pathlib import Path
 
 from .figures import side_by_side
 from .photos import bundled_photos, prepare, user_photos
-from .settings import CROP, N_FEATS, N_RESBLOCKS, SCALE, STUDENT_WIDTH, DemoError, DemoSettings
-
-# (key, label in the table); the CSD run's weights score twice, at the student's width and at 1
-METHODS = (("student_alone", f"student alone (L1, width {STUDENT_WIDTH:g})"),
-           ("student", f"student (CSD, width {STUDENT_WIDTH:g})"),
-           ("teacher", "teacher (width 1)"),
-           ("csd_teacher", "CSD model at width 1"))
+from .report import FIGURE_COLUMNS, METHODS, figure_caption, table_lines, verdict
+from .scoring import crops, score, time_per_image
+from .settings import N_FEATS, N_RESBLOCKS, SCALE, STUDENT_WIDTH, ZOOM, DemoError, DemoSettings
 
 
 def run_demo(settings: DemoSettings) -> dict:
     """Train, score and report (see `csd-fast demo --help`); returns what results.json holds."""
-    import torch
+    return Demo(settings).run()
 
-    from ..train.runlog import tensorboard_missing
 
-    start = time.perf_counter()
-    if settings.data is not None:
-        train_files, held_files = user_photos(Path(settings.data))
-        source = str(settings.data)
-    else:
-        train_files, held_files = bundled_photos()
-        source = "scikit-image's bundled photographs"
-    out = Path(settings.output)
-    runs = out / "runs"
-    if runs.exists():
-        if not settings.overwrite:
-            raise DemoError(f"{runs} already exists; pass --overwrite to replace it or choose another --output")
-        shutil.rmtree(runs)
-    out.mkdir(parents=True, exist_ok=True)
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
-    no_tensorboard = tensorboard_missing()
-    _say_what_runs(settings, source, train_files, held_files, no_tensorboard)
+class Demo:
+    """One `csd-fast demo` run: what each step produces is kept for the steps after it."""
 
-    with tempfile.TemporaryDirectory(prefix="csd_demo_data_") as tmp:
-        train_dir, held_dir = Path(tmp) / "train", Path(tmp) / "heldout"
-        prepare(train_files, train_dir, SCALE * settings.patch)
-        held_names = prepare(held_files, held_dir, 2 * SCALE)
-        timings = train_runs(settings, train_dir, held_dir, runs, tensorboard=no_tensorboard is None)
-        t = time.perf_counter()
-        models = {name: _final_model(runs / name) for name in ("teacher", "csd", "student_alone")}
+    def __init__(self, settings: DemoSettings):
+        self.settings = settings
+        self.out = Path(settings.output)
+        self.runs = self.out / "runs"
+
+    def run(self) -> dict:
+        self.start = time.perf_counter()
+        self.choose_photos()
+        self.prepare_output()
+        with tempfile.TemporaryDirectory(prefix="csd_demo_data_") as tmp:
+            self.make_data(Path(tmp))
+            self.train()
+            self.evaluate(Path(tmp))
+        return self.report()
+
+    def choose_photos(self) -> None:
+        settings = self.settings
+        if settings.data is not None:
+            self.train_files, self.held_files = user_photos(Path(settings.data))
+            self.source = str(settings.data)
+        else:
+            self.train_files, self.held_files = bundled_photos()
+            self.source = "scikit-image's bundled photographs"
+
+    def prepare_output(self) -> None:
+        """The output folder, torch's threads, and what is about to run, said up front."""
+        import torch
+
+        from ..train.runlog import tensorboard_missing
+
+        if self.runs.exists():
+            if not self.settings.overwrite:
+                raise DemoError(f"{self.runs} already exists; pass --overwrite to replace it or "
+                                "choose another --output")
+            shutil.rmtree(self.runs)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.settings.threads:
+            torch.set_num_threads(self.settings.threads)
+        no_tensorboard = tensorboard_missing()
+        self.tensorboard = no_tensorboard is None
+        _say_what_runs(self.settings, self.source, self.train_files, self.held_files, no_tensorboard)
+
+    def make_data(self, tmp: Path) -> None:
+        self.train_dir, self.held_dir = tmp / "train", tmp / "heldout"
+        prepare(self.train_files, self.train_dir, SCALE * self.settings.patch)
+        self.held_names = prepare(self.held_files, self.held_dir, 2 * SCALE)
+
+    def train(self) -> None:
+        self.timings = train_runs(self.settings, self.train_dir, self.held_dir, self.runs,
+                                  tensorboard=self.tensorboard)
+
+    def evaluate(self, tmp: Path) -> None:
+        """Each run's final network and the exported slim student, scored and timed."""
         from ..export import export_student
+
+        t = time.perf_counter()
+        models = {name: _final_model(self.runs / name) for name in ("teacher", "csd", "student_alone")}
         models["slim_student"] = export_student(models["csd"], STUDENT_WIDTH).eval()
-        sr_dir = Path(tmp) / "sr"
-        results = score(models, held_dir, sr_dir)
-        speed = time_per_image(models, held_dir)
-        rows = crops(held_dir, sr_dir)
-        timings["eval_s"] = time.perf_counter() - t
+        self.results = score(models, self.held_dir, tmp / "sr")
+        self.speed = time_per_image(models, self.held_dir)
+        self.rows = crops(self.held_dir, tmp / "sr")
+        self.timings["eval_s"] = time.perf_counter() - t
+        self.params = {"teacher": models["teacher"].num_parameters(1.0),
+                       "student": models["csd"].num_parameters(STUDENT_WIDTH),
+                       "slim_student": sum(p.numel() for p in models["slim_student"].parameters())}
+        self.table = {"bicubic": self.results["teacher"]["bicubic"],
+                      **{k: self.results[k]["model"] for k in (*dict(METHODS), "slim_student")}}
 
-    params = {"teacher": models["teacher"].num_parameters(1.0),
-              "student": models["csd"].num_parameters(STUDENT_WIDTH),
-              "slim_student": sum(p.numel() for p in models["slim_student"].parameters())}
-    table = {"bicubic": results["teacher"]["bicubic"],
-             **{k: results[k]["model"] for k in (*dict(METHODS), "slim_student")}}
-    lines = table_lines(table, params, speed)
-    wall = time.perf_counter() - start
-    print(f"\nheld-out images ({', '.join(held_names)}), x{SCALE}, Y channel, {SCALE}-pixel border cropped:")
-    print("\n".join(lines))
-    print(_verdict(table))
+    def report(self) -> dict:
+        """The table and verdict printed, the figures drawn, results.json and table.txt written."""
+        lines = table_lines(self.table, self.params, self.speed)
+        wall = time.perf_counter() - self.start
+        print(f"\nheld-out images ({', '.join(self.held_names)}), x{SCALE}, Y channel, {SCALE}-pixel border cropped:")
+        print("\n".join(lines))
+        print(verdict(self.table))
+        self.draw_figures()
+        report = self.results_json(wall)
+        (self.out / "results.json").write_text(json.dumps(report, indent=1))
+        (self.out / "table.txt").write_text("\n".join(lines) + "\n")
+        self.say_where(wall)
+        return report
 
-    side_by_side(rows, ["bicubic", "alone", "CSD", "teacher", "HR"], out / "side_by_side.png", CROP)
-    from ..train.curves import read_log, training_curves
-    training_curves([("teacher", read_log(runs / "teacher")), ("csd", read_log(runs / "csd"))],
-                    out / "training_curves.png", STUDENT_WIDTH,
-                    psnr_title=f"held-out PSNR, Y channel (x{SCALE})")
-    report = {
-        "scale": SCALE, "n_feats": N_FEATS, "n_resblocks": N_RESBLOCKS, "student_width": STUDENT_WIDTH,
-        "data": source, "train_images": [p.name for p in train_files],
-        "heldout_images": [p.name for p in held_files], "random_vgg": True,
-        "settings": {k: getattr(settings, k) for k in ("iterations", "csd_iterations", "patch", "batch",
-                                                       "lr", "neg_num", "lambda_c", "seed", "device")},
-        "params": params, "results": table, "cpu_ms_per_image": speed,
-        "per_image": {k: results[k]["images"] for k in results},
-        "timings_s": {**{k: round(v, 2) for k, v in timings.items()}, "wall": round(wall, 2)},
-        # the table scores each run's final weights; best.safetensors is the student picked by
-        # held-out PSNR during training (the held-out images double as the validation set)
-        "student_checkpoint": str(runs / "csd" / "best.safetensors"),
-    }
-    (out / "results.json").write_text(json.dumps(report, indent=1))
-    (out / "table.txt").write_text("\n".join(lines) + "\n")
-    print(f"\nwall time {wall:.1f} s (teacher {timings['teacher_s']:.1f} s, csd {timings['csd_s']:.1f} s, "
-          f"student alone {timings['student_alone_s']:.1f} s, eval {timings['eval_s']:.1f} s)")
-    print(f"wrote {out / 'side_by_side.png'}, {out / 'training_curves.png'}, {out / 'results.json'}, "
-          f"runs in {runs}")
-    print(f"try the student: csd-fast upscale IMAGE -o out/ --checkpoint {runs / 'csd' / 'best.safetensors'} "
-          f"(it records width {STUDENT_WIDTH:g}, which upscale uses by default)")
-    return report
+    def draw_figures(self) -> None:
+        from ..train.curves import read_log, training_curves
+
+        side = max(row["region"][2] for row in self.rows)
+        side_by_side(self.rows, FIGURE_COLUMNS, self.out / "side_by_side.png", ZOOM, figure_caption(side))
+        training_curves([("teacher", read_log(self.runs / "teacher")), ("csd", read_log(self.runs / "csd"))],
+                        self.out / "training_curves.png", STUDENT_WIDTH,
+                        psnr_title=f"held-out PSNR, Y channel (x{SCALE})",
+                        student_alone=read_log(self.runs / "student_alone"))
+
+    def results_json(self, wall: float) -> dict:
+        settings = self.settings
+        return {
+            "scale": SCALE, "n_feats": N_FEATS, "n_resblocks": N_RESBLOCKS, "student_width": STUDENT_WIDTH,
+            "data": self.source, "train_images": [p.name for p in self.train_files],
+            "heldout_images": [p.name for p in self.held_files], "random_vgg": True,
+            "settings": {k: getattr(settings, k) for k in ("iterations", "csd_iterations", "patch", "batch",
+                                                           "lr", "neg_num", "lambda_c", "seed", "device")},
+            "params": self.params, "results": self.table, "cpu_ms_per_image": self.speed,
+            "per_image": {k: self.results[k]["images"] for k in self.results},
+            "timings_s": {**{k: round(v, 2) for k, v in self.timings.items()}, "wall": round(wall, 2)},
+            # the table scores each run's final weights; best.safetensors is the student picked by
+            # held-out PSNR during training (the held-out images double as the validation set)
+            "student_checkpoint": str(self.runs / "csd" / "best.safetensors"),
+        }
+
+    def say_where(self, wall: float) -> None:
+        timings, out, runs = self.timings, self.out, self.runs
+        print(f"\nwall time {wall:.1f} s (teacher {timings['teacher_s']:.1f} s, csd {timings['csd_s']:.1f} s, "
+              f"student alone {timings['student_alone_s']:.1f} s, eval {timings['eval_s']:.1f} s)")
+        print(f"wrote {out / 'side_by_side.png'}, {out / 'training_curves.png'}, {out / 'results.json'}, "
+              f"runs in {runs}")
+        print(f"try the student: csd-fast upscale IMAGE -o out/ --checkpoint {runs / 'csd' / 'best.safetensors'} "
+              f"(it records width {STUDENT_WIDTH:g}, which upscale uses by default)")
 
 
 def _say_what_runs(settings: DemoSettings, source: str, train_files, held_files, no_tensorboard) -> None:
@@ -151,85 +202,3 @@ def _final_model(run: Path):
     from ..checkpoint import load_checkpoint
 
     return load_checkpoint(run / "last.pt").eval()
-
-
-def score(models: dict, held_dir: Path, sr_dir: Path) -> dict:
-    """PSNR/SSIM on the held-out images per method, the SR images saved under sr_dir/<method>."""
-    from ..evaluation import evaluate
-
-    runs = {"student_alone": (models["student_alone"], STUDENT_WIDTH),
-            "student": (models["csd"], STUDENT_WIDTH), "teacher": (models["teacher"], 1.0),
-            "csd_teacher": (models["csd"], 1.0), "slim_student": (models["slim_student"], 1.0)}
-    results = {}
-    for key, (model, width) in runs.items():
-        res = evaluate(model, [held_dir], SCALE, width=width, save_images=sr_dir / key, progress=False)
-        results[key] = next(iter(res.values()))
-    return results
-
-
-def time_per_image(models: dict, held_dir: Path, repeats: int = 3) -> dict:
-    """CPU milliseconds per held-out image of the full network (width 1) and of the exported
-    slim student, best of `repeats` passes over the images."""
-    import torch
-
-    from ..data import SRFolder
-
-    full, slim = models["csd"], models["slim_student"]
-    images = [full.to_model_range(lr.float().unsqueeze(0)) for _, lr, _ in SRFolder(held_dir, SCALE)]
-    runners = {"teacher": lambda x: full(x, 1.0), "slim_student": lambda x: slim(x, 1.0)}
-    ms = {}
-    with torch.inference_mode():
-        for name, forward in runners.items():
-            best = float("inf")
-            for _ in range(repeats + 1):  # the first pass warms up
-                t = time.perf_counter()
-                for x in images:
-                    forward(x)
-                best = min(best, time.perf_counter() - t)
-            ms[name] = 1e3 * best / len(images)
-    return ms
-
-
-def crops(held_dir: Path, sr_dir: Path) -> list[dict]:
-    """The centre CROP x CROP of each held-out image for every method, with its PSNR."""
-    from ..data import SRFolder, imresize, read_image
-    from ..evaluation import to_uint8
-    from ..metrics import psnr
-
-    rows = []
-    for name, lr, hr in SRFolder(held_dir, SCALE):
-        ims = [to_uint8(imresize(lr, SCALE))]
-        ims += [read_image(sr_dir / key / "heldout" / f"{name}.png")
-                for key in ("student_alone", "student", "teacher")]
-        ims.append(hr)
-        side = min(CROP, *hr.shape[1:])  # small user images: the whole image
-        y, x = (hr.shape[1] - side) // 2, (hr.shape[2] - side) // 2
-        pieces = [im[:, y:y + side, x:x + side].contiguous() for im in ims]
-        scores = [psnr(c, pieces[-1], crop=SCALE) for c in pieces[:-1]] + [None]
-        rows.append({"image": name, "crops": pieces, "psnr": scores})
-    return rows
-
-
-def table_lines(table: dict, params: dict, ms: dict) -> list[str]:
-    slim_label = f"exported slim student (w {STUDENT_WIDTH:g})"
-    rows = [("bicubic", "bicubic", None)] + [(key, label, params["teacher" if key in ("teacher", "csd_teacher")
-                                                                     else "student"]) for key, label in METHODS]
-    rows.append(("slim_student", slim_label, params["slim_student"]))
-    lines = [f"{'method':<32} {'params':>8} {'PSNR':>7} {'SSIM':>7} {'CPU ms/img':>11}"]
-    for key, label, n in rows:
-        m = table[key]
-        count = "-" if n is None else f"{n / 1e3:.1f}k"
-        t = f"{ms[key]:.1f}" if key in ms else "-"
-        lines.append(f"{label:<32} {count:>8} {m['psnr']:>7.2f} {m['ssim']:>7.4f} {t:>11}")
-    return lines
-
-
-def _verdict(table: dict) -> str:
-    """What the CSD-vs-alone comparison shows in this run, said plainly either way."""
-    gain = table["student"]["psnr"] - table["student_alone"]["psnr"]
-    if gain > 0:
-        return (f"CSD student vs student alone: {gain:+.2f} dB in this run. With a random VGG19 and a "
-                "short schedule this is not evidence about CSD's contrastive term.")
-    return (f"CSD student vs student alone: {gain:+.2f} dB: here CSD did not beat training the student "
-            "alone. With a random VGG19 the contrastive term carries little signal, and the schedule "
-            "is short; the paper's gains need its pretrained VGG19 and full recipe.")

@@ -7,7 +7,8 @@ SCALE = 2
 N_FEATS, N_RESBLOCKS = 32, 4
 STUDENT_WIDTH = 0.5
 MAX_SIDE = 768  # larger photographs are centre-cropped: the bicubic LR is made faster, pixels untouched
-CROP = 96       # HR side of each crop in the side-by-side figure
+CROP = 64       # HR side of the region each photo shows in the side-by-side figure...
+ZOOM = 3        # ...enlarged this many times
 
 
 class DemoError(ValueError):

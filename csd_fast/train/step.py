@@ -30,7 +30,10 @@ WARMUP_STEPS = 3
 class TrainStep:
     """Callable (lr, hr, generator[, pool, pool_offset, negatives]) -> the loss terms
     (tensors). negatives: the step's negatives as LR images drawn outside the batch
-    (negatives=dataset, on lr's device); None draws them from the batch (or pool)."""
+    (negatives=dataset, on lr's device); None draws them from the batch (or pool).
+
+    After each call, `updated` says whether the optimizer stepped: fp16 loss scaling skips
+    the update of a step whose scaled gradients overflowed (and lowers the scale)."""
 
     def __init__(self, net: nn.Module, params: list[nn.Parameter], loss_fn: CSDLoss,
                  optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scale: int,
@@ -46,6 +49,7 @@ class TrainStep:
         self._graph_key: tuple | None = None
         self._static: dict = {}
         self._eager_steps = 0
+        self.updated = False
         set_capturable(optimizer, use_graph)
 
     def negative_sources(self, batch: int, generator: torch.Generator) -> torch.Tensor | None:
@@ -80,6 +84,7 @@ class TrainStep:
         if negatives is not None:
             self._static["negatives"].copy_(negatives, non_blocking=True)
         self._graph.replay()
+        self.updated = True  # graphs run without loss scaling (graph_supported), so never skip
         self.check_finite(self._static["terms"])
         return self._static["terms"]
 
@@ -105,7 +110,10 @@ class TrainStep:
         terms = self._forward_loss(lr, hr, sources, pool, pool_offset, negatives)
         self.check_finite(terms)  # before the update: the weights stay the last good ones
         self.optimizer.zero_grad(set_to_none=True)
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self._backward_and_update(terms["total"])
+        # the scaler lowers its scale exactly when it skipped the optimizer's step
+        self.updated = scale is None or self.scaler.get_scale() >= scale
         return terms
 
     def _capture(self, lr, hr, sources, negatives, key) -> None:

@@ -214,13 +214,15 @@ class Trainer:
 
     def optimize(self, lr: torch.Tensor, hr: torch.Tensor, pool: torch.Tensor | None,
                  negatives: torch.Tensor | None = None) -> None:
-        """One optimisation step and the schedule's step."""
+        """One optimisation step, and the schedule's step when the optimizer stepped (fp16
+        loss scaling skips overflowing steps: the schedule counts the updates made)."""
         # the negatives' permutation of the global batch depends only on (seed, iteration),
         # the same on every rank: exact resume, and DDP draws what one process draws
         gen = torch.Generator().manual_seed(item_seed(self.cfg.seed, self.iteration, _NEGATIVES_SLOT))
         terms = self.step(lr, hr, gen, pool, pool_offset=self.dd.rank * lr.size(0),
                           negatives=negatives)
-        self.scheduler.step()
+        if self.step.updated:
+            self.scheduler.step()
         self.terms = {k: float(v.detach()) for k, v in terms.items()}
 
     def check_finite(self, terms: dict) -> None:

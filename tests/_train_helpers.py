@@ -1,0 +1,16 @@
+"""Helpers shared by the training tests (test_train.py, test_negatives.py)."""
+import textwrap
+
+# A training run in a child process, SIGKILLed right after it writes the checkpoint of
+# iteration 4: argv[1] is its YAML config, argv[2] the torch thread count.
+KILLED_RUN = textwrap.dedent("""
+    import os, signal, sys, torch, yaml
+    torch.set_num_threads(int(sys.argv[2]))
+    from csd_fast.train import TrainConfig, train
+
+    def die_after_4(iteration, path):  # as sudden as a power cut: no cleanup runs
+        if iteration == 4:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train(TrainConfig(**yaml.safe_load(open(sys.argv[1]))), on_checkpoint=die_after_4)
+""")
