@@ -7,12 +7,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..demo.settings import DemoSettings
+from ..demo.settings import REPORT_FILES, DemoSettings
 
 HELP = "train a small CSD model on bundled photographs and compare it with bicubic"
-# what the demo writes into --output, besides runs/ (which it refuses to mix with an earlier
-# demo's unless --overwrite, and then removes whole)
-REPORT_FILES = ("results.json", "table.txt", "side_by_side.png", "training_curves.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -2,8 +2,11 @@
 region as every method upscaled it, enlarged so that the differences show."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .._atomic import atomic_write_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -98,4 +101,6 @@ def side_by_side(rows: list[dict], columns: list[str], path: Path, zoom: int, ca
             sheet.paste(_to_pil(crop).resize((side * zoom, side * zoom), Image.NEAREST), (x, y))
             label = "reference" if psnr is None else f"{psnr:.2f} dB"
             _centred(draw, (x, y + panel, x + panel, y + panel + line), label, small)
-    sheet.save(path)
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())

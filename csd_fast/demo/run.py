@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .._atomic import atomic_write_bytes
 from .figures import side_by_side
 from .photos import bundled_photos, prepare, user_photos
 from .report import FIGURE_COLUMNS, METHODS, figure_caption, table_lines, verdict
@@ -109,8 +110,8 @@ class Demo:
         print(verdict(self.table))
         self.draw_figures()
         report = self.results_json(wall)
-        (self.out / "results.json").write_text(json.dumps(report, indent=1))
-        (self.out / "table.txt").write_text("\n".join(lines) + "\n")
+        atomic_write_bytes(self.out / "results.json", json.dumps(report, indent=1).encode())
+        atomic_write_bytes(self.out / "table.txt", ("\n".join(lines) + "\n").encode())
         self.say_where(wall)
         return report
 

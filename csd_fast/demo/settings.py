@@ -9,6 +9,9 @@ STUDENT_WIDTH = 0.5
 MAX_SIDE = 768  # larger photographs are centre-cropped: the bicubic LR is made faster, pixels untouched
 CROP = 64       # HR side of the region each photo shows in the side-by-side figure...
 ZOOM = 3        # ...enlarged this many times
+# what the demo writes into its output folder besides runs/ (which it refuses to mix with an
+# earlier demo's unless --overwrite, and then removes whole)
+REPORT_FILES = ("results.json", "table.txt", "side_by_side.png", "training_curves.png")
 
 
 class DemoError(ValueError):
