@@ -58,8 +58,8 @@ def plot(data: dict, out: Path) -> Path:
                       for impl, points in sorted(impls.items())]
             left = 50 + 640 * j
             _panel(draw, (left, top, left + 520, top + 210),
-                   f"{PARTS.get(part, part)}, {metric}\n{setting}; {ran}", series, k_max, [],
-                   x_end=f"K = {k_max}")
+                   f"{PARTS.get(part, part)}, {metric} ({setting})", series, k_max, [],
+                   x_label=f"K, the number of negatives ({ran})")
     buf = io.BytesIO()
     img.save(buf, "PNG")
     out.write_bytes(buf.getvalue())

@@ -113,3 +113,29 @@ def test_bad_files_are_one_line_errors(tmp_path, capsys, content, message):
     err = capsys.readouterr().err
     assert err.startswith(f"render_results.py: error: {path}: ") and message in err
     assert err.count("\n") == 1
+
+
+def test_negatives_scaling_plot_draws_both_metrics(tmp_path, monkeypatch):
+    """benchmarks/plot_negatives_scaling.py on synthetic rows: it runs (it draws with the
+    trainer's chart panel, whose signature it must keep up with) and writes a PNG."""
+    from PIL import Image
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    spec = importlib.util.spec_from_file_location("plot_negatives_scaling",
+                                                  SCRIPT.parent / "plot_negatives_scaling.py")
+    plot_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_module)
+    rows = []
+    for k in (1, 10, 64):
+        for impl, ms, mb in (("fused", 10 + k, 30), ("reference", 12 + 3 * k, 20 + 8 * k)):
+            if impl == "reference" and k == 64:
+                continue  # a reference row the benchmark skipped
+            rows.append(bench(f"negatives_scaling cpu contrastive_loss B8 HR32 K{k}",
+                              f"test_loss[cpu-{k}-{impl}]", ms / 1e3, impl=impl, K=k,
+                              part="contrastive_loss", peak_mem_mb=mb))
+    out = plot_module.plot(data(*rows), tmp_path / "plot.png")
+    with Image.open(out) as image:
+        assert image.size == (1280, 40 + 290) and image.getcolors(2**16) is not None
+        assert len(image.getcolors(2**16)) > 4  # lines and text, not a blank canvas
+    with pytest.raises(SystemExit, match="no negatives_scaling rows"):
+        plot_module.plot(data(bench("imresize cpu", "test_imresize[fused]", 0.1)), tmp_path / "x.png")
