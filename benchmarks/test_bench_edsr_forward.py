@@ -1,5 +1,5 @@
-"""EDSRCSD x4 inference, fused backend against the reference backend, same weights and
-input, at the CSD student width 0.25 and the teacher width 1.0.
+"""EDSRCSD x4 inference, fused backend against the reference backend and torch.compile of
+it, same weights and input, at the CSD student width 0.25 and the teacher width 1.0.
 
 CPU: EDSR-baseline on a 128x128 LR image and a DIV2K-sized one (510x339, the x4 LR of
 a 2040x1356 DIV2K image). CUDA: the paper's EDSR at 128x128 and DIV2K size."""
@@ -27,10 +27,14 @@ def models():
     return get
 
 
-@pytest.mark.parametrize("impl", ["fused", "reference"])
+@pytest.mark.parametrize("impl", ["fused", "reference", "compile"])
 @pytest.mark.parametrize("size", list(SIZES))
 @pytest.mark.parametrize("width", [0.25, 1.0])
 def test_edsr_forward(benchmark, device, models, width, size, impl):
+    """compile: torch.compile (default mode) of the reference backend, timed only (its
+    compilation would take the untimed CI run minutes)."""
+    if impl == "compile" and benchmark.disabled:
+        pytest.skip("torch.compile rows are timed runs only")
     model = models(device)
     h, w = SIZES[size]
     x = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(2)).to(device) * 255
@@ -39,7 +43,12 @@ def test_edsr_forward(benchmark, device, models, width, size, impl):
     with torch.no_grad():
         model.backend = "reference"
         want = model(x, width)
-        model.backend = impl
-        torch.testing.assert_close(model(x, width), want, rtol=1e-4, atol=2e-3)
-        run_benchmark(benchmark, lambda: model(x, width), device,
-                      rounds=10 if size == "128x128" else 3)
+        forward = lambda: model(x, width)  # noqa: E731
+        if impl == "compile":
+            torch._dynamo.reset()
+            compiled = torch.compile(lambda t: model(t, width))
+            forward = lambda: compiled(x)  # noqa: E731
+        else:
+            model.backend = impl
+        torch.testing.assert_close(forward(), want, rtol=1e-4, atol=2e-3)
+        run_benchmark(benchmark, forward, device, rounds=10 if size == "128x128" else 3)

@@ -13,7 +13,7 @@ output buffers:
   pool;
 - each replay copies the input in and returns a copy of the output, so results never
   alias the graph's buffers.
-Off the GPU, or with `enabled=False`, the forward runs as it is.
+Off the GPU, or where autograd records, the forward runs as it is.
 
 The graph reads the weights where they live: in-place updates (load_state_dict, an
 optimizer step) are seen by the next replay, while moving a model (`.to()`) changes the
@@ -37,11 +37,11 @@ SEEN_LIMIT = 256  # signatures remembered as seen once
 class GraphCache:
     """forward(x) for CUDA inputs from captured graphs, keyed by x's signature and `key`."""
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, enabled: bool = True,
+    def __init__(self, capacity: int = DEFAULT_CAPACITY,
                  capture: Callable[[Forward, torch.Tensor, object], Replay] | None = None):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity, self.enabled = capacity, enabled
+        self.capacity = capacity
         self._capture = capture or capture_cuda_graph
         self.device_types = {"cuda"}  # where inputs are graphed (tests stub capture on the CPU)
         self._graphs: OrderedDict[Hashable, Replay] = OrderedDict()
@@ -53,7 +53,7 @@ class GraphCache:
         return len(self._graphs)
 
     def __call__(self, forward: Forward, x: torch.Tensor, key: Hashable = ()) -> torch.Tensor:
-        if not self.enabled or x.device.type not in self.device_types or torch.is_grad_enabled():
+        if x.device.type not in self.device_types or torch.is_grad_enabled():
             return forward(x)
         signature = (tuple(x.shape), x.stride(), x.dtype, x.device, key)
         replay = self._graphs.get(signature)

@@ -24,6 +24,7 @@ TORCH_LIBRARY(csd_fast, m) {
   // it on or off (returns the previous state; off drops every entry), drop every entry,
   // and its {hits, misses, entries} since the last clear.
   m.def("set_weight_cache_enabled(bool enabled) -> bool", &csd_fast::set_weight_cache_enabled);
+  m.def("weight_cache_enabled() -> bool", &csd_fast::weight_cache_enabled);
   m.def("clear_weight_cache() -> ()", &csd_fast::clear_weight_cache);
   m.def("weight_cache_stats() -> int[]", &csd_fast::weight_cache_stats);
 }

@@ -73,6 +73,7 @@ at::Tensor packed_weight(const at::Tensor& weight, const PackSpec& spec);
 at::Tensor packed_bias(const at::Tensor& bias, const PackSpec& spec);
 // Returns the previous state; switching off drops every entry.
 bool set_weight_cache_enabled(bool enabled);
+bool weight_cache_enabled();
 void clear_weight_cache();
 // {hits, misses, entries}
 std::vector<int64_t> weight_cache_stats();

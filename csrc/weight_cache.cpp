@@ -179,6 +179,8 @@ at::Tensor packed_bias(const at::Tensor& bias, const PackSpec& spec) {
   return cached_pack(bias, spec, false);
 }
 
+bool weight_cache_enabled() { return cache().enabled.load(); }
+
 bool set_weight_cache_enabled(bool enabled) {
   auto& c = cache();
   const bool was = c.enabled.exchange(enabled);

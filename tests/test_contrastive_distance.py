@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from csd_fast.ops import contrastive_distance, contrastive_distance_reference
 
+from _loss_helpers import features, source_for
+
 
 def oracle(anchor, positive, negatives, source=None):
     a, p, n = (t.double() for t in (anchor, positive, negatives))
@@ -20,25 +22,7 @@ def oracle(anchor, positive, negatives, source=None):
     return d_pos, pairs.sum() / a.numel()
 
 
-def features(shape, dtype, device, layout="contiguous"):
-    """Random features in the requested memory layout (never zeros)."""
-    if layout == "channels_last":
-        return torch.randn(shape, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
-    if layout == "strided":  # a non-contiguous view: every other column of a wider map
-        b, c, h, w = shape
-        return torch.randn(b, c, h, 2 * w, device=device).to(dtype)[..., ::2]
-    return torch.randn(shape, device=device).to(dtype)
-
-
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
-
-
-def source_for(batch, count, device):
-    """Negative k made from batch item (k + 1) % batch, one negative from outside."""
-    src = [(k + 1) % batch for k in range(count)]
-    if count > 1:
-        src[-1] = -1
-    return torch.tensor(src, dtype=torch.int64, device=device)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])

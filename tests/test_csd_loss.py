@@ -1,4 +1,4 @@
-"""CSD loss against the reference formula written out here (docs/method.md, section 2)."""
+"""CSD loss against the reference formula (tests/_loss_helpers.py; docs/method.md, section 2)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,34 +6,13 @@ import torch.nn.functional as F
 from csd_fast.losses import (CSDLoss, ContrastiveLoss, VGG19Features, load_vgg19,
                              make_negatives, torchvision_cache_path)
 
-WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
-
-
-def reference_contrastive(vgg, student, teacher, negatives, source=None):
-    """The reference code's formulation: every anchor paired with every negative by
-    repeating feature maps to B x K copies, then the ratio of batch means per layer."""
-    b, k = student.size(0), negatives.size(0)
-    loss = 0
-    for w, fs, ft, fn in zip(WEIGHTS, vgg(student), vgg(teacher), vgg(negatives)):
-        d_ts = (ft - fs).abs().mean()
-        anchors = fs.repeat_interleave(k, dim=0)  # (B*K, ...): b-major
-        negs = fn.repeat(b, 1, 1, 1)               # (B*K, ...): k-minor
-        pair = (negs - anchors).abs().flatten(1).sum(1).view(b, k)
-        if source is not None:
-            pair = pair * (source.view(1, k) != torch.arange(b).view(b, 1))
-        d_sn = pair.sum() / fs.numel()
-        loss = loss + w * d_ts / (d_sn + 1e-7)
-    return loss
+from _loss_helpers import images, reference_contrastive
 
 
 @pytest.fixture(scope="module")
 def vgg():
     torch.manual_seed(3)
     return load_vgg19(random_weights=True).double()
-
-
-def images(*shape):
-    return (torch.rand(*shape, dtype=torch.float64) * 255)
 
 
 @pytest.mark.parametrize("backend", ["fused", "reference"])

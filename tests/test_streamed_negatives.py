@@ -13,9 +13,8 @@ from csd_fast.ops import (contrastive_negative_sums, contrastive_negative_sums_r
                           negative_distance)
 from csd_fast.train import load_config, train
 
-from test_contrastive_distance import features, source_for
-from test_csd_loss import images, reference_contrastive
-from test_train_ddp import noise_folder
+from _loss_helpers import features, images, reference_contrastive, source_for
+from _train_helpers import noise_folder
 
 SUMS = {"fused": contrastive_negative_sums, "reference": contrastive_negative_sums_reference}
 

@@ -25,14 +25,14 @@ import shutil
 import socket
 import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from PIL import Image
 
 from csd_fast.train import load_config, train
+
+from _train_helpers import noise_folder
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
@@ -85,15 +85,6 @@ def worker(rank: int, world: int, ports: list[int], images: str, root: str) -> N
             train(config(name, images, out, step), resume=step > 1)
             if rank == 0:
                 shutil.copy(os.path.join(out, "last.pt"), os.path.join(out, f"step{step}.pt"))
-
-
-def noise_folder(folder, count, seed):
-    """A plain HR folder of random 32x32 images."""
-    folder.mkdir()
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
-    return folder
 
 
 def single_step(name: str, images: str, root, step: int) -> dict:

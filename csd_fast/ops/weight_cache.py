@@ -25,23 +25,18 @@ def cached_weights() -> Iterator[None]:
     """Reuse packed weight prefixes within this block. The weights must change only
     through autograd-visible in-place ops (an optimizer step, copy_ under no_grad) while
     it is open, never through `.data`. Leaving the block drops every cached prefix."""
-    global _open_blocks
     _extension.require_extension()
     previous = torch.ops.csd_fast.set_weight_cache_enabled(True)
-    _open_blocks += 1
     try:
         yield
     finally:  # an enclosing block keeps the cache (and these entries) on
-        _open_blocks -= 1
         torch.ops.csd_fast.set_weight_cache_enabled(previous)
 
 
-_open_blocks = 0
-
-
 def weights_cached() -> bool:
-    """Inside a cached_weights() block (in any thread): derived weights may be kept too."""
-    return _open_blocks > 0
+    """The ops keep packed weights now (inside a cached_weights() block, in any thread):
+    derived weights may be kept too."""
+    return _extension.available() and torch.ops.csd_fast.weight_cache_enabled()
 
 
 def clear_weight_cache() -> None:
