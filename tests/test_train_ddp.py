@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 import warnings
 
 import pytest
@@ -62,12 +63,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def shared_port(rank: int, root: str, tag: str) -> int:
+    """A port free right now, picked by rank 0 and read by the others from a file: picked
+    just before use, so that no earlier run's connections can take it in between (ports
+    picked all at the start once collided with gloo's own ephemeral ports)."""
+    path = os.path.join(root, f"port_{tag}")
+    if rank == 0:
+        with open(path + ".tmp", "w") as f:
+            f.write(str(free_port()))
+        os.replace(path + ".tmp", path)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {rank}: rank 0 wrote no port for {tag}")
+        time.sleep(0.01)
+    with open(path) as f:
+        return int(f.read())
+
+
 def config(name: str, images: str, out_dir, step: int):
     return load_config(**TINY, **STAGES[name], iterations=step, train_data=images,
                        val_data=None, out_dir=str(out_dir))
 
 
-def worker(rank: int, world: int, ports: list[int], images: str, root: str) -> None:
+def worker(rank: int, world: int, images: str, root: str) -> None:
     """STEPS runs of one step each per stage, each resuming the last; rank 0 keeps a copy
     of the checkpoint after every step. A deprecation warning on the training path (the
     differentiable all-reduce once raised one) is an error here: spawned processes do not
@@ -75,13 +94,13 @@ def worker(rank: int, world: int, ports: list[int], images: str, root: str) -> N
     warnings.simplefilter("error", FutureWarning)
     warnings.simplefilter("error", DeprecationWarning)
     torch.set_num_threads(1)
-    port = iter(ports)
     for name in STAGES:
         out = os.path.join(root, f"ddp_{name}")
         for step in range(1, STEPS + 1):
             # torchrun's environment: train() creates (and destroys) the process group itself
             os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(next(port)))
+                              MASTER_ADDR="127.0.0.1",
+                              MASTER_PORT=str(shared_port(rank, root, f"{name}_{step}")))
             train(config(name, images, out, step), resume=step > 1)
             if rank == 0:
                 shutil.copy(os.path.join(out, "last.pt"), os.path.join(out, f"step{step}.pt"))
@@ -107,8 +126,7 @@ def gradients(state: dict) -> dict[str, torch.Tensor]:
 
 def test_every_step_of_two_processes_matches_one(tmp_path):
     images = str(noise_folder(tmp_path / "hr", count=6, seed=1))
-    ports = [free_port() for _ in range(len(STAGES) * STEPS)]
-    mp.spawn(worker, args=(2, ports, images, str(tmp_path)), nprocs=2)
+    mp.spawn(worker, args=(2, images, str(tmp_path)), nprocs=2)
     first_moments = {}
     for name in STAGES:
         for step in range(1, STEPS + 1):
