@@ -16,6 +16,8 @@ CASES = [  # (n_feats x width, batch, LR height, LR width, training)
     (256, 0.25, 1, 270, 480, False),
     (256, 1.0, 16, 48, 48, True),
     (256, 0.25, 16, 48, 48, True),
+    (256, 1.0, 1, 540, 960, False),   # a 3840x2160 output
+    (256, 0.3, 1, 270, 480, False),   # 76 channels: routed to ATen
 ]
 
 
@@ -33,6 +35,9 @@ def main() -> None:
             cells = []
             for device in devices:
                 choice = cudnn_engines.plan(device, g, dtype)
+                if choice.aten:
+                    cells += ["ATen", ""]
+                    continue
                 if choice.error:
                     cells += ["none", ""]
                     continue

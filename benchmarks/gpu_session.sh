@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything a lent GPU session should do, in one call: build with CUDA kernels (about a
-# minute on 16 cores), run the test suite (CUDA cases first: the ops against float64,
-# which path ran, the graphs the model builds against the deviceless engine list, CUDA-
-# graph inference against eager, the training step's capture), the GPU baselines (per layer and whole network,
+# minute on 16 cores), run the GPU tests (marker cuda: the fallbacks under injected
+# faults, NVRTC off, deterministic mode, odd widths, the CUDA-graph caches, the ops
+# against float64, the graphs the model builds against the deviceless engine list,
+# the training step's capture), the GPU baselines (per layer and whole network,
 # against eager and torch.compile), compute-sanitizer memcheck over one call per CUDA
 # conv path and racecheck over the contrastive kernels, the CUDA benchmark suite, and the
 # negatives_scaling group (K 1 .. 1024 at B16 HR192: time, peak memory, and its plot).
@@ -64,11 +65,11 @@ grep -E "csrc/.*warning" "$OUT/build.log" | head -n 20 >"$OUT/build_warnings.txt
 # from outside the source tree, so the installed package is the one imported
 (cd /tmp && python3 -c "import csd_fast; print(csd_fast.build_info())") | tee "$OUT/build_info.txt"
 
-# the conv ops, the model's graphs and the CUDA-graph paths first: what the baselines'
-# numbers rest on
-step tests tests.log 170 pytest tests/test_sliced_conv_cuda.py tests/test_cuda_inference.py \
-    tests/test_cudnn_engines.py tests/test_sliced_conv.py tests/test_train_step.py tests \
-    -q -rs --durations=15
+# The GPU tests only (marker cuda; the CPU and DDP tests run in CI): the fallbacks and
+# the CUDA-graph paths first (what a first GPU run is most likely to break), then the
+# conv ops against float64 and the rest. -x stays off: one failure must not hide others.
+step tests tests.log 170 pytest -m cuda tests/test_cuda_fallbacks.py tests/test_cuda_inference.py \
+    tests/test_sliced_conv_cuda.py tests -q -rs --durations=15
 step baselines baselines.log 170 python3 benchmarks/gpu_baselines.py --max-autotune \
     --json "$OUT/baselines.json"
 # Without the caching allocator every tensor is its own cudaMalloc, so memcheck sees a

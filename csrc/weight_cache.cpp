@@ -39,9 +39,9 @@
 namespace csd_fast {
 namespace {
 
-// Beyond this many entries the dead ones are swept; beyond twice as many all go (a
-// model of EDSR's size at two widths and two dtypes needs a few hundred).
-constexpr size_t kSweepAt = 1024;
+// Beyond this many live entries all go (a model of EDSR's size at two widths and two
+// dtypes needs a few hundred); dead ones go at every miss.
+constexpr size_t kMaxEntries = 2048;
 
 struct Key {
   const c10::TensorImpl* source;
@@ -154,16 +154,20 @@ at::Tensor cached_pack(const at::Tensor& source, const PackSpec& spec, bool is_w
       ++c.hits;
       return it->second.packed;
     }
+    // Dead sources' packs go at every miss, not at the next sweep: short-lived weights (a
+    // scaled tail, an autocast cast) would otherwise hold device memory. Misses are rare
+    // once a model is warm, and a cache of a few hundred entries is swept in microseconds.
+    if (it != c.entries.end()) c.entries.erase(it);
+    for (auto dead = c.entries.begin(); dead != c.entries.end();) {
+      dead = dead->second.expired() ? c.entries.erase(dead) : std::next(dead);
+    }
     ++c.misses;
   }
   auto packed = pack(source, spec, is_weight);
   std::lock_guard<std::mutex> lock(c.mutex);
-  if (c.entries.size() >= kSweepAt) {
-    for (auto it = c.entries.begin(); it != c.entries.end();) {
-      it = it->second.expired() ? c.entries.erase(it) : std::next(it);
-    }
-    if (c.entries.size() >= 2 * kSweepAt) c.entries.clear();
-  }
+  // switched off (and cleared) while this pack was made: keep nothing
+  if (!c.enabled.load()) return packed;
+  if (c.entries.size() >= kMaxEntries) c.entries.clear();
   c.entries.insert_or_assign(key, Entry{WeakImpl(source.getIntrusivePtr()),
                                         source.storage().getWeakStorageImpl(), version, packed});
   return packed;

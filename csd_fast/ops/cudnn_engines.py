@@ -78,10 +78,14 @@ class ConvGraph:
 
 @dataclass(frozen=True)
 class EngineChoice:
+    """What cuDNN picks (engine, whether compiled at run time, workspace bytes), or why
+    it picks nothing (error), or why the op runs ATen's convolution without asking (aten:
+    an odd channel count, 2^31 or more elements, or every engine over the workspace cap)."""
     engine: str
     runtime_compiled: bool
     workspace: int
     error: str
+    aten: str = ""
 
 
 def available() -> bool:

@@ -53,12 +53,13 @@ def weight_cache_stats() -> dict[str, int]:
 
 def cudnn_graph_stats() -> dict[str, int] | None:
     """Counts since the process started of the CUDA conv ops' fused cuDNN graphs: runs,
-    calls that fell back to ATen's convolution, plans built, graphs no engine took, and
-    plans whose engine cuDNN compiled at run time (the training-only fused dgrad). None
-    where the extension has no CUDA kernels."""
+    calls that fell back to ATen's convolution, plans built, graphs no engine took, plans
+    whose engine cuDNN compiled at run time (the training-only fused dgrad), graphs routed
+    to ATen without asking cuDNN (odd channel counts, 2^31 or more elements) and built
+    plans that failed at their workspace, autotune or execution (each said once in a
+    warning). None where the extension has no CUDA kernels."""
     _extension.require_extension()
     if not hasattr(torch.ops.csd_fast, "cudnn_graph_stats"):
         return None
-    runs, fallbacks, built, rejected, compiled = torch.ops.csd_fast.cudnn_graph_stats()
-    return {"runs": runs, "fallbacks": fallbacks, "built": built, "rejected": rejected,
-            "runtime_compiled": compiled}
+    names = ("runs", "fallbacks", "built", "rejected", "runtime_compiled", "routed", "failed")
+    return dict(zip(names, torch.ops.csd_fast.cudnn_graph_stats()))

@@ -36,12 +36,12 @@ std::string join(const std::vector<int64_t>& key) {
   return text;
 }
 
-std::tuple<std::string, bool, int64_t, std::string> engine(
+std::tuple<std::string, bool, int64_t, std::string, std::string> engine(
     const std::string& device_properties, const std::string& kind, const at::Tensor& x,
     const at::Tensor& w, const std::optional<at::Tensor>& side, const at::Tensor& y,
     int64_t epilogue) {
   const auto info = plan_for_device(spec_of(kind, x, w, side, y, epilogue), device_properties);
-  return {info.engine, info.runtime_compiled, info.workspace, info.error};
+  return {info.engine, info.runtime_compiled, info.workspace, info.error, info.aten_route};
 }
 
 std::string graph_key(const std::string& kind, const at::Tensor& x, const at::Tensor& w,
@@ -63,20 +63,25 @@ std::vector<std::string> cached_keys() {
 
 TORCH_LIBRARY_FRAGMENT(csd_fast, m) {
   // {graphs run, calls that fell back to ATen, plans built, graphs no engine took, plans
-  // whose engine was compiled at run time} since the process started: tells tests and
-  // benchmarks which path ran.
+  // whose engine was compiled at run time, graphs routed to ATen unasked, built plans
+  // that failed} since the process started: tells tests and benchmarks which path ran.
   m.def("cudnn_graph_stats() -> int[]", &csd_fast::cudnn_graph::stats);
-  // (engine, compiled at run time, workspace bytes, why none) for the graph of these
-  // tensors' geometry on the device described by the JSON (cudnn_frontend's
-  // DeviceProperties); kind "fprop" (epilogue 0 bias, 1 bias+ReLU, 2 residual+bias, side
-  // the residual) or "dgrad" (side the ReLU output whose mask the gradient takes).
+  // (engine, compiled at run time, workspace bytes, why none, why ATen runs it unasked)
+  // for the graph of these tensors' geometry on the device described by the JSON
+  // (cudnn_frontend's DeviceProperties); kind "fprop" (epilogue 0 bias, 1 bias+ReLU, 2
+  // residual+bias, side the residual) or "dgrad" (side the ReLU output whose mask the
+  // gradient takes). Under torch.use_deterministic_algorithms(True), the deterministic
+  // engines only, as the ops would plan.
   m.def(
       "cudnn_engine(str device_properties, str kind, Tensor x, Tensor w, Tensor? side, "
-      "Tensor y, int epilogue) -> (str, bool, int, str)",
+      "Tensor y, int epilogue) -> (str, bool, int, str, str)",
       &csd_fast::cudnn_graph::engine);
-  // The plan-cache key of that graph, and the keys of this thread's cached plans: what
-  // a GPU test compares to learn that the model built exactly the graphs listed.
+  // The plan-cache key of that graph, and the keys of every graph planned so far in any
+  // thread: what a GPU test compares to learn that the model built exactly the graphs
+  // listed.
   m.def("cudnn_graph_key(str kind, Tensor x, Tensor w, Tensor? side, Tensor y, int epilogue) -> str",
         &csd_fast::cudnn_graph::graph_key);
   m.def("cudnn_plan_keys() -> str[]", &csd_fast::cudnn_graph::cached_keys);
+  // The number of plans the calling thread's cache holds (bounded, see cudnn_graph.cpp).
+  m.def("cudnn_plan_cache_size() -> int", &csd_fast::cudnn_graph::plan_cache_size);
 }

@@ -18,18 +18,24 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <list>
 #include <map>
+#include <mutex>
+#include <set>
 
 namespace csd_fast::cudnn_graph {
 namespace {
 
 // An evaluation over many image sizes builds a few plans per size; beyond this many the
-// least recently used go (a training run needs some dozens).
+// least recently used go (a training run needs some dozens), except those a captured
+// CUDA graph has recorded: the graph replays their kernels (and a run-time-compiled
+// engine's module) long after the call, so they live as long as the thread.
 constexpr size_t kMaxPlans = 256;
 
 struct Counters {
-  std::atomic<int64_t> runs{0}, fallbacks{0}, built{0}, rejected{0}, runtime_compiled{0};
+  std::atomic<int64_t> runs{0}, fallbacks{0}, built{0}, rejected{0}, runtime_compiled{0},
+      routed{0}, failed{0};
 };
 
 Counters& counters() {
@@ -38,18 +44,19 @@ Counters& counters() {
 }
 
 struct CachedPlan {
-  std::shared_ptr<Plan> plan;  // null: no engine takes this graph
+  std::shared_ptr<Plan> plan;  // null: this graph runs ATen's convolution
   int64_t workspace = 0;
   bool autotune_pending = false;
+  bool pinned = false;  // recorded by a CUDA-graph capture: never evicted
 };
+
+using Key = std::vector<int64_t>;
 
 // Plans are tied to the handle that built them, and ATen's handles are per thread, so
 // the cache is per thread too (as ATen's own cuDNN plan cache is). Least recently used
 // first out.
 class PlanCache {
  public:
-  using Key = std::vector<int64_t>;
-
   CachedPlan* find(const Key& key) {
     auto it = index_.find(key);
     if (it == index_.end()) return nullptr;
@@ -57,18 +64,18 @@ class PlanCache {
     return &it->second->second;
   }
 
-  std::vector<Key> keys() const {
-    std::vector<Key> keys;
-    for (const auto& entry : order_) keys.push_back(entry.first);
-    return keys;
-  }
+  size_t size() const { return order_.size(); }
 
   CachedPlan& insert(Key key, CachedPlan plan) {
     order_.emplace_front(key, std::move(plan));
     index_[std::move(key)] = order_.begin();
+    auto it = order_.end();
     while (order_.size() > kMaxPlans) {
-      index_.erase(order_.back().first);
-      order_.pop_back();
+      --it;
+      if (it == order_.begin()) break;  // the entry just inserted stays
+      if (it->second.pinned) continue;
+      index_.erase(it->first);
+      it = order_.erase(it);
     }
     return order_.front().second;
   }
@@ -83,9 +90,49 @@ PlanCache& plan_cache() {
   return cache;
 }
 
+// The keys any thread has planned, oldest first: autograd runs CUDA backward ops on a
+// thread of its own, whose plans a test on the main thread must see too. The newest
+// kLoggedKeys are kept, so a server meeting endless image sizes does not grow it.
+constexpr size_t kLoggedKeys = 4096;
+
+struct KeyLog {
+  std::mutex mutex;
+  std::set<Key> seen;
+  std::deque<Key> order;
+
+  void add(const Key& key) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!seen.insert(key).second) return;
+    order.push_back(key);
+    if (order.size() > kLoggedKeys) {
+      seen.erase(order.front());
+      order.pop_front();
+    }
+  }
+};
+
+KeyLog& key_log() {
+  static KeyLog* log = new KeyLog();  // never destroyed: other threads may outlive statics
+  return *log;
+}
+
 bool env_off(const char* name) {
   const char* flag = std::getenv(name);
   return flag != nullptr && std::strcmp(flag, "0") == 0;
+}
+
+// CSD_FAST_CUDNN_FAULT=build|workspace|autotune|execute makes that step fail, so that
+// tests reach every fallback on a GPU where cuDNN itself never fails.
+bool injected(const char* step) {
+  const char* fault = std::getenv("CSD_FAST_CUDNN_FAULT");
+  return fault != nullptr && std::strcmp(fault, step) == 0;
+}
+
+// The injected failure of this step, or what the step itself says ("" on success).
+template <typename Step>
+std::string unless_injected(const char* step, Step&& run_step) {
+  if (injected(step)) return std::string(step) + ": injected fault (CSD_FAST_CUDNN_FAULT)";
+  return run_step();
 }
 
 bool capturing() {
@@ -93,6 +140,10 @@ bool capturing() {
 }
 
 CachedPlan build(const GraphSpec& spec, cudnnHandle_t handle) {
+  if (!spec.aten_route().empty()) {
+    ++counters().routed;
+    return {};
+  }
   if (spec.allows_runtime_compilation()) {
     if (env_off("CSD_FAST_CUDNN_RUNTIME_COMPILE")) {
       ++counters().rejected;
@@ -104,16 +155,26 @@ CachedPlan build(const GraphSpec& spec, cudnnHandle_t handle) {
         "(CSD_FAST_CUDNN_RUNTIME_COMPILE=0 uses the unfused dgrad instead)");
   }
   // With torch.backends.cudnn.benchmark on, build every candidate and time them on the
-  // first call, as ATen does for its own convolutions; never while a CUDA graph is being
-  // captured, where nothing may synchronise.
-  const bool tune = at::globalContext().benchmarkCuDNN() && !capturing();
+  // first call, as ATen does for its own convolutions; not for a graph whose candidates
+  // are compiled at run time (each an NVRTC compile: the heuristics' first choice is
+  // built alone), and never while a CUDA graph is being captured.
+  const bool tune = at::globalContext().benchmarkCuDNN() && !capturing() &&
+                    !spec.allows_runtime_compilation();
   PlanInfo info;
   CachedPlan entry;
-  entry.plan = build_plan(spec, handle, tune, info);
+  info.error = unless_injected("build", [&] {
+    entry.plan = build_plan(spec, handle, tune, info);
+    return info.error;
+  });
+  if (entry.plan) entry.workspace = workspace_size(*entry.plan, tune);
+  if (entry.plan && entry.workspace < 0) {
+    info.error = "the plan's workspace size is unknown";
+    entry.plan.reset();
+  }
   if (!entry.plan) {
     ++counters().rejected;
     if (std::getenv("CSD_FAST_CUDNN_GRAPH_VERBOSE") != nullptr) {
-      TORCH_WARN("csd_fast: no cuDNN engine for a fused conv graph (", info.error,
+      TORCH_WARN("csd_fast: no cuDNN engine for ", describe(spec), " (", info.error,
                  "); using ATen's convolution");
     }
     return entry;
@@ -121,12 +182,49 @@ CachedPlan build(const GraphSpec& spec, cudnnHandle_t handle) {
   ++counters().built;
   if (info.runtime_compiled) ++counters().runtime_compiled;
   entry.autotune_pending = tune;
-  entry.workspace = workspace_size(*entry.plan, tune);
   return entry;
 }
 
-// Looks the plan up (building it on first use) and runs it; false when no engine takes
-// the graph.
+// A plan that failed where it should have run: the graph runs ATen's convolution from
+// now on, said once.
+void reject(CachedPlan& entry, const GraphSpec& spec, const std::string& reason) {
+  entry.plan.reset();
+  entry.autotune_pending = false;
+  ++counters().failed;
+  TORCH_WARN("csd_fast: cuDNN failed on ", describe(spec), " (", reason,
+             "); this graph runs ATen's convolution from now on");
+}
+
+// Runs an entry's plan (autotuning it first where pending): "" on success, else why not.
+std::string try_plan(CachedPlan& entry, cudnnHandle_t handle, const at::Tensor& like,
+                     std::unordered_map<int64_t, void*>& pointers) {
+  at::Tensor workspace;
+  const std::string no_memory = unless_injected("workspace", [&]() -> std::string {
+    try {
+      workspace = at::empty({std::max<int64_t>(entry.workspace, 1)}, like.options().dtype(at::kByte));
+      return "";
+    } catch (const c10::OutOfMemoryError& e) {
+      return "workspace of " + std::to_string(entry.workspace) + " bytes: " +
+             e.what_without_backtrace();
+    }
+  });
+  if (!no_memory.empty()) return no_memory;
+  if (entry.autotune_pending) {
+    const std::string error = unless_injected("autotune", [&] {
+      return autotune(*entry.plan, handle, pointers, workspace.mutable_data_ptr());
+    });
+    if (!error.empty()) return error;
+    entry.autotune_pending = false;
+    entry.workspace = workspace_size(*entry.plan, false);
+    if (entry.workspace < 0) return "the tuned plan's workspace size is unknown";
+  }
+  return unless_injected("execute", [&] {
+    return execute(*entry.plan, handle, pointers, workspace.mutable_data_ptr());
+  });
+}
+
+// Looks the plan up (building it on first use) and runs it; false when the graph runs
+// ATen's convolution instead.
 bool run(const GraphSpec& spec, const at::Tensor& like,
          std::unordered_map<int64_t, void*> pointers) {
   const c10::cuda::CUDAGuard guard(like.device());
@@ -136,19 +234,25 @@ bool run(const GraphSpec& spec, const at::Tensor& like,
   key.push_back(like.get_device());
   auto& cache = plan_cache();
   CachedPlan* entry = cache.find(key);
-  if (entry == nullptr) entry = &cache.insert(std::move(key), build(spec, handle));
+  const bool in_capture = capturing();
+  if (entry == nullptr) {
+    // Planning synchronises, and a run-time-compiled engine loads a module: neither may
+    // happen inside a capture, and a plan built there would be recorded unwarmed.
+    TORCH_CHECK(!in_capture, "csd_fast: no cuDNN plan yet for ", describe(spec),
+                " and a CUDA graph is being captured; run the same forward (and backward) "
+                "once eagerly, outside the capture, before capturing it");
+    key_log().add(key);
+    entry = &cache.insert(std::move(key), build(spec, handle));
+  }
+  if (entry->plan) {
+    const std::string error = try_plan(*entry, handle, like, pointers);
+    if (!error.empty()) reject(*entry, spec, error);
+  }
   if (!entry->plan) {
     ++counters().fallbacks;
     return false;
   }
-  auto workspace = at::empty({std::max<int64_t>(entry->workspace, 1)},
-                             like.options().dtype(at::kByte));
-  if (entry->autotune_pending) {
-    autotune(*entry->plan, handle, pointers, workspace.mutable_data_ptr());
-    entry->autotune_pending = false;
-    entry->workspace = workspace_size(*entry->plan, false);
-  }
-  execute(*entry->plan, handle, pointers, workspace.mutable_data_ptr());
+  if (in_capture) entry->pinned = true;
   ++counters().runs;
   return true;
 }
@@ -218,12 +322,18 @@ at::Tensor fused_dgrad3x3(const at::Tensor& dy, const at::Tensor& w, const at::T
   return dx;
 }
 
-std::vector<std::vector<int64_t>> plan_keys() { return plan_cache().keys(); }
+std::vector<std::vector<int64_t>> plan_keys() {
+  auto& log = key_log();
+  std::lock_guard<std::mutex> lock(log.mutex);
+  return {log.order.begin(), log.order.end()};
+}
+
+int64_t plan_cache_size() { return static_cast<int64_t>(plan_cache().size()); }
 
 std::vector<int64_t> stats() {
   auto& c = counters();
-  return {c.runs.load(), c.fallbacks.load(), c.built.load(), c.rejected.load(),
-          c.runtime_compiled.load()};
+  return {c.runs.load(),     c.fallbacks.load(),        c.built.load(), c.rejected.load(),
+          c.runtime_compiled.load(), c.routed.load(), c.failed.load()};
 }
 
 }  // namespace csd_fast::cudnn_graph

@@ -32,12 +32,16 @@ at::Tensor fused_conv3x3(const at::Tensor& x, const at::Tensor& w, const at::Ten
 at::Tensor fused_dgrad3x3(const at::Tensor& dy, const at::Tensor& w, const at::Tensor* relu_output,
                           int64_t in_channels);
 
-// The keys (GraphSpec::key() and the device) of this thread's cached plans, most
-// recently used first.
+// The keys (GraphSpec::key() and the device) of the graphs any thread has planned since
+// the process started (the newest 4096), in the order first planned.
 std::vector<std::vector<int64_t>> plan_keys();
 
+// How many plans this thread's cache holds now.
+int64_t plan_cache_size();
+
 // {graphs run, calls that fell back, plans built, keys no engine took, plans whose
-// engine was compiled at run time}
+// engine was compiled at run time, keys routed to ATen without asking cuDNN, built
+// plans that failed at their workspace, autotune or execution}
 std::vector<int64_t> stats();
 
 }  // namespace csd_fast::cudnn_graph

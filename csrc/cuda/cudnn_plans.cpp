@@ -3,15 +3,21 @@
 //
 // This file is host code only: it describes graphs and asks cuDNN for plans, which
 // costs microseconds once per shape, never per call. The frontend's templates make it
-// by far the slowest file of the extension to compile, so it is compiled with less
-// optimisation than the rest (the pragma below); nothing in it is on a hot path.
-#pragma GCC optimize("O1")
-
+// by far the slowest file of the extension to compile, so they are compiled with less
+// optimisation than the rest (the pragma below, after ATen's headers so that ATen's
+// inline functions keep the optimisation every other file gives them); nothing here is
+// on a hot path.
 #include "cuda/cudnn_plans.h"
+
+#include <ATen/Context.h>
+
+#pragma GCC optimize("O1")
 
 #include <cudnn_frontend.h>
 
 #include <algorithm>
+#include <exception>
+#include <limits>
 
 namespace csd_fast::cudnn_graph {
 
@@ -31,7 +37,34 @@ fe::DataType_t io_type(at::ScalarType t) {
   return t == at::kHalf ? fe::DataType_t::HALF : fe::DataType_t::BFLOAT16;
 }
 
-Geometry geometry(const at::Tensor& t) { return {t.sizes().vec(), t.strides().vec()}; }
+// The tensor's sizes and strides, with each size-1 dim given the stride a dense layout
+// would give it: such a stride addresses nothing, torch leaves it at whatever the
+// producer made, and it must not split one graph into several plan-cache keys.
+Geometry geometry(const at::Tensor& t) {
+  Geometry g{t.sizes().vec(), t.strides().vec()};
+  if (t.dim() != 4) return g;
+  const bool nhwc = t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  const std::vector<int64_t> inner_first = nhwc ? std::vector<int64_t>{1, 3, 2, 0}
+                                                : std::vector<int64_t>{3, 2, 1, 0};
+  int64_t dense = 1;
+  for (int64_t d : inner_first) {
+    if (g.sizes[d] == 1) g.strides[d] = dense;
+    dense = std::max(dense, g.strides[d] * g.sizes[d]);
+  }
+  return g;
+}
+
+int64_t numel(const Geometry& g) {
+  int64_t n = 1;
+  for (int64_t s : g.sizes) n *= s;
+  return n;
+}
+
+std::string dims(const std::vector<int64_t>& sizes) {
+  std::string text;
+  for (int64_t s : sizes) text += (text.empty() ? "" : "x") + std::to_string(s);
+  return text;
+}
 
 TensorPtr declare(fe::graph::Graph& graph, int64_t uid, const char* name, const Geometry& g,
                   at::ScalarType dtype) {
@@ -78,7 +111,7 @@ TensorPtr describe_dgrad(fe::graph::Graph& graph, const GraphSpec& s) {
                          fe::graph::Pointwise_attributes().set_mode(fe::PointwiseMode_t::RELU_BWD));
 }
 
-std::shared_ptr<fe::graph::Graph> describe(const GraphSpec& s) {
+std::shared_ptr<fe::graph::Graph> graph_of(const GraphSpec& s) {
   auto graph = std::make_shared<fe::graph::Graph>();
   graph->set_io_data_type(io_type(s.dtype))
       .set_intermediate_data_type(fe::DataType_t::FLOAT)
@@ -93,10 +126,13 @@ std::shared_ptr<fe::graph::Graph> describe(const GraphSpec& s) {
 }
 
 // Up to the engines the heuristics list: validate, lower to cuDNN's operation graph,
-// ask heuristics A (then the fallback list), drop run-time-compiled engines unless the
-// spec allows them, and check that one remains. handle == nullptr: deviceless.
+// ask heuristics A (then the fallback list), drop the engines the spec may not run, and
+// check that one remains. Dropped always: engines that down-convert their inputs (as
+// ATen's cuDNN path does), and any needing more than `max_workspace`; unless the spec
+// allows them, run-time-compiled ones; under deterministic algorithms, non-deterministic
+// ones. handle == nullptr: deviceless.
 fe::error_t choose_engines(fe::graph::Graph& graph, const GraphSpec& spec, cudnnHandle_t handle,
-                           std::string& stage) {
+                           std::string& stage, int64_t max_workspace = kMaxWorkspace) {
   stage = "validate";
   auto status = graph.validate();
   if (status.is_bad()) return status;
@@ -109,6 +145,10 @@ fe::error_t choose_engines(fe::graph::Graph& graph, const GraphSpec& spec, cudnn
   if (!spec.allows_runtime_compilation()) {
     graph.deselect_behavior_notes({fe::BehaviorNote_t::RUNTIME_COMPILATION});
   }
+  std::vector<fe::NumericalNote_t> numerics{fe::NumericalNote_t::DOWN_CONVERT_INPUTS};
+  if (spec.deterministic) numerics.push_back(fe::NumericalNote_t::NONDETERMINISTIC);
+  graph.deselect_numeric_notes(numerics);
+  graph.deselect_workspace_greater_than(max_workspace);
   stage = "check_support";
   return handle ? graph.check_support(handle) : graph.check_support();
 }
@@ -160,13 +200,44 @@ int32_t sm_version(const std::string& device_json) {
 
 std::vector<int64_t> GraphSpec::key() const {
   std::vector<int64_t> key{static_cast<int64_t>(kind), epilogue, static_cast<int64_t>(dtype),
-                           has_side};
+                           has_side, deterministic};
   for (const Geometry* g : {&x, &w, &y, &side}) {
     key.push_back(static_cast<int64_t>(g->sizes.size()));
     key.insert(key.end(), g->sizes.begin(), g->sizes.end());
     key.insert(key.end(), g->strides.begin(), g->strides.end());
   }
   return key;
+}
+
+// Graphs no cuDNN engine is asked for:
+// - a tensor of 2^31 or more elements: the engines index with 32 bits unless proven
+//   otherwise, and ATen splits such a convolution by batch;
+// - a channel count that is not a multiple of 8 (but the image's 3 channels of the head's
+//   input and the tail's output): cuDNN pads such tensors through staging engines whose
+//   workspace grows with the image (12 MB at 270x480 for 19 channels, 0.5 GB for a 4K
+//   tail at that width).
+std::string GraphSpec::aten_route() const {
+  for (const Geometry* g : {&x, &y, &side}) {
+    if (numel(*g) >= (int64_t{1} << 31)) {
+      return "a tensor of " + dims(g->sizes) + " has 2^31 or more elements";
+    }
+  }
+  const int64_t k = w.sizes[0], c = w.sizes[1];
+  const auto odd = [](int64_t channels) { return channels != 3 && channels % 8 != 0; };
+  if (odd(c) || odd(k)) {
+    return std::to_string(c) + " -> " + std::to_string(k) +
+           " channels: a count not a multiple of 8 takes staging engines";
+  }
+  return "";
+}
+
+std::string describe(const GraphSpec& s) {
+  static const char* epilogues[] = {"bias", "bias+relu", "residual+bias"};
+  std::string text = s.kind == Kind::kFprop ? std::string("fprop ") + epilogues[s.epilogue]
+                                            : std::string(s.has_side ? "dgrad+relu-backward" : "dgrad");
+  text += std::string(" ") + c10::toString(s.dtype) + " " + dims(s.x.sizes) + " * " +
+          dims(s.w.sizes) + " -> " + dims(s.y.sizes);
+  return text + (s.deterministic ? " (deterministic)" : "");
 }
 
 GraphSpec fprop_spec(const at::Tensor& x, const at::Tensor& w, const at::Tensor* residual,
@@ -178,6 +249,7 @@ GraphSpec fprop_spec(const at::Tensor& x, const at::Tensor& w, const at::Tensor*
     s.has_side = true;
     s.side = geometry(*residual);
   }
+  s.deterministic = at::globalContext().deterministicAlgorithms();
   return s;
 }
 
@@ -189,60 +261,63 @@ GraphSpec dgrad_spec(const at::Tensor& dy, const at::Tensor& w, const at::Tensor
     s.has_side = true;
     s.side = geometry(*relu_output);
   }
+  s.deterministic = at::globalContext().deterministicAlgorithms();
   return s;
 }
 
 std::shared_ptr<Plan> build_plan(const GraphSpec& spec, cudnnHandle_t handle,
                                  bool all_candidates, PlanInfo& info) {
-  auto graph = describe(spec);
-  std::string stage;
-  auto status = choose_engines(*graph, spec, handle, stage);
-  if (status.is_good()) {
-    stage = "build_plans";
-    status = graph->build_plans(handle, all_candidates ? fe::BuildPlanPolicy_t::ALL
-                                                       : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE);
-  }
-  if (status.is_bad()) {
-    info.error = failure(stage, status);
+  std::string stage = "describe";
+  try {
+    auto graph = graph_of(spec);
+    auto status = choose_engines(*graph, spec, handle, stage);
+    if (status.is_good()) {
+      stage = "build_plans";
+      status = graph->build_plans(handle, all_candidates ? fe::BuildPlanPolicy_t::ALL
+                                                         : fe::BuildPlanPolicy_t::HEURISTICS_CHOICE);
+    }
+    if (status.is_bad()) {
+      info.error = failure(stage, status);
+      return nullptr;
+    }
+    describe_choice(*graph, info);
+    return std::make_shared<Plan>(std::move(graph));
+  } catch (const std::exception& e) {  // the frontend's JSON and cuDNN's errors may throw
+    info.error = stage + ": " + e.what();
     return nullptr;
   }
-  describe_choice(*graph, info);
-  return std::make_shared<Plan>(std::move(graph));
 }
 
 int64_t workspace_size(const Plan& plan, bool autotuning) {
   if (autotuning) return plan.graph->get_autotune_workspace_size();
   int64_t bytes = 0;
   auto status = plan.graph->get_workspace_size(bytes);
-  TORCH_CHECK(status.is_good(), "csd_fast: cuDNN workspace size: ", status.get_message());
-  return bytes;
+  return status.is_good() ? bytes : -1;
 }
 
-void autotune(Plan& plan, cudnnHandle_t handle, std::unordered_map<int64_t, void*>& pointers,
-              void* workspace) {
+std::string autotune(Plan& plan, cudnnHandle_t handle, std::unordered_map<int64_t, void*>& pointers,
+                     void* workspace) {
   auto status = plan.graph->autotune(handle, pointers, workspace);
-  TORCH_CHECK(status.is_good(), "csd_fast: cuDNN autotune failed: ", status.get_message());
+  return status.is_good() ? "" : "autotune: " + status.get_message();
 }
 
-void execute(Plan& plan, cudnnHandle_t handle, std::unordered_map<int64_t, void*>& pointers,
-             void* workspace) {
+std::string execute(Plan& plan, cudnnHandle_t handle, std::unordered_map<int64_t, void*>& pointers,
+                    void* workspace) {
   auto status = plan.graph->execute(handle, pointers, workspace);
-  TORCH_CHECK(status.is_good(), "csd_fast: cuDNN graph execution failed: ", status.get_message());
+  return status.is_good() ? "" : "execute: " + status.get_message();
 }
 
-PlanInfo plan_for_device(const GraphSpec& spec, const std::string& device_json) {
+namespace {
+
+// The engine on a described device, planned under `max_workspace`.
+PlanInfo plan_deviceless(const GraphSpec& spec, const std::shared_ptr<fe::DeviceProperties>& props,
+                         int32_t sm, int64_t max_workspace) {
   PlanInfo info;
-  const int32_t sm = sm_version(device_json);
-  auto props = std::make_shared<fe::DeviceProperties>();
-  std::vector<uint8_t> bytes(device_json.begin(), device_json.end());
-  auto status = props->deserialize(bytes);
-  TORCH_CHECK(status.is_good(), "cudnn engine query: cannot read the device description: ",
-              status.get_message());
-  auto graph = describe(spec);
+  auto graph = graph_of(spec);
   graph->set_device_properties(props);
   graph->set_sm_version(sm);
   std::string stage;
-  status = choose_engines(*graph, spec, nullptr, stage);
+  auto status = choose_engines(*graph, spec, nullptr, stage, max_workspace);
   if (status.is_bad()) {
     info.error = failure(stage, status);
     if (spec.allows_runtime_compilation()) {
@@ -262,6 +337,32 @@ PlanInfo plan_for_device(const GraphSpec& spec, const std::string& device_json) 
     return info;
   }
   describe_choice(*graph, info);
+  return info;
+}
+
+}  // namespace
+
+PlanInfo plan_for_device(const GraphSpec& spec, const std::string& device_json) {
+  PlanInfo info;
+  info.aten_route = spec.aten_route();
+  if (!info.aten_route.empty()) return info;
+  const int32_t sm = sm_version(device_json);
+  auto props = std::make_shared<fe::DeviceProperties>();
+  std::vector<uint8_t> bytes(device_json.begin(), device_json.end());
+  auto status = props->deserialize(bytes);
+  TORCH_CHECK(status.is_good(), "cudnn engine query: cannot read the device description: ",
+              status.get_message());
+  info = plan_deviceless(spec, props, sm, kMaxWorkspace);
+  if (!info.error.empty()) {
+    // Is the workspace cap what left no engine? Then the op runs ATen's convolution.
+    const auto uncapped = plan_deviceless(spec, props, sm, std::numeric_limits<int64_t>::max());
+    if (uncapped.error.empty()) {
+      info = PlanInfo{};
+      info.aten_route = "every engine needs more than " + std::to_string(kMaxWorkspace >> 20) +
+                        " MB of workspace (" + uncapped.engine.substr(0, uncapped.engine.find('_')) +
+                        ": " + std::to_string(uncapped.workspace >> 20) + " MB)";
+    }
+  }
   return info;
 }
 
