@@ -370,6 +370,21 @@ def test_non_finite_loss_stops_and_keeps_last_good(images, tmp_path, monkeypatch
     assert all(torch.isfinite(v).all() for v in last["model"].values())
 
 
+def test_validation_graphs_are_freed_when_training_resumes(images, tmp_path):
+    """The model's inference graphs (and their memory pool) live from a validation to
+    the next training step only."""
+    from csd_fast import inference
+
+    held = []
+    handle = register_optimizer_step_pre_hook(lambda *args: held.append(len(inference._GRAPHS)))
+    try:
+        train(tiny(images, tmp_path / "run", stage="teacher", iterations=5, val_every=2,
+                   checkpoint_every=5))
+    finally:
+        handle.remove()
+    assert len(held) == 5 and held == [held[0]] * 5
+
+
 # --- numerics options and loader workers ----------------------------------------------------
 
 SCHEDULE_FIRST = "error:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`:UserWarning"
