@@ -56,8 +56,12 @@ class CpuStepGraphs:
     def _changed_by_a_step(self):
         state = [t for s in self.optimizer.state.values() for t in s.values()
                  if isinstance(t, torch.Tensor)]
-        static = self.step._static
-        return list(self.model.parameters()) + state + [static["nonfinite"], *static["bad_terms"].values()]
+        static = []  # the step's buffers (inputs too: putting them back is harmless)
+        for value in self.step._static.values():
+            values = value.values() if isinstance(value, dict) else \
+                value if isinstance(value, list) else [value]
+            static += [v for v in values if isinstance(v, torch.Tensor)]
+        return list(self.model.parameters()) + state + static
 
     def record(self, run):
         self.captures += 1
@@ -177,15 +181,18 @@ class NonFinite(RuntimeError):
     pass
 
 
-def raise_if_nonfinite(terms):
-    if not torch.isfinite(terms["total"]).all():
-        raise NonFinite(float(terms["total"]))
+def raising(step_of):
+    """check_finite: raises NonFinite saying how many steps ago the bad one ran."""
+    def check(terms):
+        if not torch.isfinite(terms["total"]).all():
+            raise NonFinite(f"{float(terms['total'])} {step_of().steps_since_nonfinite} steps ago")
+    return check
 
 
 def test_nonfinite_replay_skips_updates_until_its_flag_is_read(monkeypatch):
     monkeypatch.setattr(step_module, "NONFINITE_READ_EVERY", 5)
     model, _, lr, hr = tiny_setup("cpu")
-    step, optimizer = graph_step(model, None, check_finite=raise_if_nonfinite)
+    step, optimizer = graph_step(model, None, check_finite=raising(lambda: step))
     for _ in range(5):  # 3 warm-ups, the capture's replay and one more
         step(lr, hr, torch.Generator())
     good = [p.detach().clone() for p in model.parameters()]
@@ -194,7 +201,7 @@ def test_nonfinite_replay_skips_updates_until_its_flag_is_read(monkeypatch):
     bad[0, 0, 0, 0] = float("nan")
     step(bad, hr, torch.Generator())  # the third replay: the flag is set, not read
     step(lr, hr, torch.Generator())  # finite again, yet skipped: the run is stopping
-    with pytest.raises(NonFinite, match="nan"):
+    with pytest.raises(NonFinite, match="nan 2 steps ago"):
         step(lr, hr, torch.Generator())  # the fifth replay reads the flag
     for a, b in zip(model.parameters(), good):
         assert torch.equal(a, b)
@@ -229,9 +236,10 @@ def test_validation_after_replayed_steps_sees_the_new_weights():
 @pytest.mark.parametrize("dataset_negatives", [False, True], ids=["batch_negatives", "dataset_negatives"])
 @pytest.mark.parametrize("amp_dtype", [None, torch.bfloat16])
 def test_cuda_graph_step_matches_eager(amp_dtype, dataset_negatives):
-    """8 steps, a learning-rate decay after step 5: replaying the captured step (and
-    recapturing it at the decay) lands where eager steps land; with dataset negatives
-    (6 > the batch of 4, new ones each step) fed through the graph's buffer too."""
+    """8 steps, a learning-rate decay after step 5: replaying the captured step (the one
+    graph reads the decayed rate from its device tensor) lands where eager steps land;
+    with dataset negatives (6 > the batch of 4, new ones each step) fed through the
+    graph's buffer too."""
     results = []
     for use_graph in (False, True):
         model, vgg, lr, hr = tiny_setup("cuda")

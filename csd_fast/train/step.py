@@ -76,7 +76,9 @@ class TrainStep:
     (negatives=dataset, on lr's device); None draws them from the batch (or pool).
 
     After each call, `updated` says whether the optimizer stepped: fp16 loss scaling skips
-    the update of a step whose scaled gradients overflowed (and lowers the scale)."""
+    the update of a step whose scaled gradients overflowed (and lowers the scale). While
+    check_finite runs, `steps_since_nonfinite` says how many steps ago the bad one ran
+    (0 eagerly; replayed steps are checked in arrears)."""
 
     def __init__(self, net: nn.Module, params: list[nn.Parameter], loss_fn: CSDLoss,
                  optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, scale: int,
@@ -98,6 +100,7 @@ class TrainStep:
         self._static: dict = {}
         self._unread = 0  # replays since the non-finite flag was last read
         self._terms_like: dict = {}  # the last warm-up step's terms
+        self.steps_since_nonfinite = 0
         self.updated = False
         set_capturable(optimizer, use_graph)
 
@@ -146,8 +149,13 @@ class TrainStep:
         """Reads the replayed steps' non-finite flag (a host sync); where one was set,
         check_finite raises with the first bad step's terms."""
         self._unread = 0
-        if self._static and bool(self._static["nonfinite"]):
-            self.check_finite(self._static["bad_terms"])
+        static = self._static
+        if static and bool(static["nonfinite"]):
+            self.steps_since_nonfinite = int(static["replays"] - static["bad_at"])
+            try:
+                self.check_finite(static["bad_terms"])
+            finally:
+                self.steps_since_nonfinite = 0
 
     def _forward_loss(self, lr, hr, sources, pool=None, pool_offset=0, negatives=None) -> dict:
         # autocast's weight cache must stay off under capture: its casts belong in the graph
@@ -188,7 +196,10 @@ class TrainStep:
         static = {"lr": static_copy(lr), "hr": static_copy(hr),
                   "group_lr": [torch.zeros((), dtype=torch.float32, device=device)
                                for _ in self.optimizer.param_groups],
-                  "nonfinite": torch.zeros((), dtype=torch.float32, device=device)}
+                  "nonfinite": torch.zeros((), dtype=torch.float32, device=device),
+                  # replays so far, and the count at the first non-finite one
+                  "replays": torch.zeros((), dtype=torch.int64, device=device),
+                  "bad_at": torch.zeros((), dtype=torch.int64, device=device)}
         if sources is not None:
             static["sources"] = sources.to(device)
         if negatives is not None:
@@ -202,6 +213,8 @@ class TrainStep:
             found = (~torch.isfinite(terms["total"].detach())).float()
             skip = torch.maximum(static["nonfinite"], found)
             first = skip > static["nonfinite"]
+            static["replays"].add_(1)
+            static["bad_at"].copy_(torch.where(first, static["replays"], static["bad_at"]))
             for name, value in terms.items():
                 held = static["bad_terms"][name]
                 held.copy_(torch.where(first, value.detach(), held))

@@ -254,7 +254,8 @@ class Trainer:
             values = {k: float(v.detach()) for k, v in terms.items()}
             saved = f"{self.last_path} (iteration {saved_iteration(self.last_path)})" \
                 if self.last_path.is_file() else "none written yet"
-            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration}: {values}; "
+            at = self.iteration - self.step.steps_since_nonfinite
+            raise NonFiniteLossError(f"non-finite loss at iteration {at}: {values}; "
                                      f"stopping. Last good checkpoint: {saved}")
 
     def validate(self) -> dict:
