@@ -208,6 +208,20 @@ def test_nonfinite_replay_skips_updates_until_its_flag_is_read(monkeypatch):
     assert float(optimizer.state[next(model.parameters())]["step"]) == steps
 
 
+def test_nonfinite_replay_is_read_before_a_new_shape_steps_eagerly():
+    model, _, lr, hr = tiny_setup("cpu")
+    step, _ = graph_step(model, None, check_finite=raising(lambda: step))
+    for _ in range(4):
+        step(lr, hr, torch.Generator())
+    bad = lr.clone()
+    bad[0, 0, 0, 0] = float("inf")
+    step(bad, hr, torch.Generator())
+    good = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(NonFinite, match="0 steps ago"):
+        step(lr[:2], hr[:2], torch.Generator())  # would warm up eagerly
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), good))
+
+
 def test_validation_after_replayed_steps_sees_the_new_weights():
     """Replays update the weights in place without new versions: inference must not
     keep the tail folded from the weights of an earlier validation."""

@@ -119,6 +119,8 @@ class TrainStep:
         key = (tuple(lr.shape), memory_format(lr), tuple(hr.shape), lr.dtype,
                None if negatives is None else tuple(negatives.shape))
         if key != self._graph_key:
+            # the old graph's flag first: its skipped updates must not be followed by eager ones
+            self.check_nonfinite()
             warmed_key, warmed = self._warm
             warmed = warmed if warmed_key == key else 0
             if warmed < WARMUP_STEPS:
@@ -190,8 +192,6 @@ class TrainStep:
         """Records one whole step into a new graph; the batch and negatives given are its
         first replay's inputs."""
         self._replay = None  # the old graph's memory pool goes back to the allocator
-        if self._static:
-            self.check_nonfinite()  # the old graph's flag, before it is replaced
         device = lr.device
         static = {"lr": static_copy(lr), "hr": static_copy(hr),
                   "group_lr": [torch.zeros((), dtype=torch.float32, device=device)
