@@ -90,7 +90,8 @@ def upscale(model: EDSRCSD, x: torch.Tensor, width: float = 1.0, *, ensemble: bo
     radius, which makes tiling exact. autocast_dtype: torch.bfloat16 / torch.float16
     to run the network under autocast. On CUDA each forward of an input signature seen
     before is replayed from a captured CUDA graph (csd_fast.cuda_graphs); cuda_graphs=False
-    runs everything eagerly. The fused ops pack each weight slice once per call.
+    runs everything eagerly. The graphs one call uses (its tile shapes) are kept together:
+    a repeated call captures nothing. The fused ops pack each weight slice once per call.
     """
     if overlap is None:
         overlap = receptive_radius(model)
@@ -113,7 +114,8 @@ def upscale(model: EDSRCSD, x: torch.Tensor, width: float = 1.0, *, ensemble: bo
 
     fused = getattr(model, "backend", None) == "fused"
     packing = cached_weights() if fused else contextlib.nullcontext()
-    with torch.inference_mode(), packing:
+    working_set = contextlib.nullcontext() if graphs is None else graphs.working_set()
+    with torch.inference_mode(), packing, working_set:
         return self_ensemble(run, x) if ensemble else run(x)
 
 
@@ -125,3 +127,11 @@ def graph_cache(model: EDSRCSD) -> GraphCache:
     if model not in _GRAPHS:
         _GRAPHS[model] = GraphCache()
     return _GRAPHS[model]
+
+
+def release_graphs(model: EDSRCSD) -> None:
+    """Frees the model's captured inference graphs and their memory pool (the trainer
+    does when training resumes after a validation), and forgets the signatures seen."""
+    cache = _GRAPHS.pop(model, None)
+    if cache is not None:
+        cache.clear()

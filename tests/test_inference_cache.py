@@ -6,8 +6,8 @@ import torch
 
 import csd_fast
 from csd_fast import ops
-from csd_fast.cuda_graphs import GraphCache
-from csd_fast.inference import graph_cache, upscale
+from csd_fast.cuda_graphs import GraphCache, replay_of, weights_key
+from csd_fast.inference import graph_cache, release_graphs, upscale
 
 D = torch.float64
 
@@ -89,23 +89,29 @@ def test_cached_packs_follow_every_weight_change(change):
 
 
 def stub_capture(log):
-    """A CPU stand-in for a CUDA-graph capture with the same contract: static buffers,
-    the forward recorded once, a copy returned per replay."""
+    """A CPU stand-in for a CUDA-graph capture with the same contract (cuda_graphs.replay_of:
+    static buffers, a copy returned per replay); the "graph" writes its output buffer
+    whatever the grad mode of the replay, as a CUDA graph does."""
     def capture(forward, x, pool):
-        static_in = x.clone()
-        static_out = forward(static_in)
-        log.append(tuple(x.shape))
+        def record(run):
+            output = run()
 
-        def replay(batch):
-            static_in.copy_(batch)
-            static_out.copy_(forward(static_in))
-            return static_out.clone()
-        return replay
+            def replay():
+                with torch.inference_mode():
+                    output.copy_(run())
+            return replay, output
+        log.append(tuple(x.shape))
+        return replay_of(forward, x, record)
     return capture
 
 
 def cpu_cache(log, **kwargs):
-    cache = GraphCache(capture=stub_capture(log), **kwargs)
+    return GraphCache(capture=stub_capture(log), device_types=("cpu",), **kwargs)
+
+
+def stub_model_cache(model, log):
+    cache = graph_cache(model)
+    cache._capture = stub_capture(log)
     cache.device_types = {"cpu"}
     return cache
 
@@ -137,7 +143,9 @@ def test_graph_cache_keys_capacity_and_autograd():
         cache(forward, torch.zeros(1, 4), key="width 0.5")  # another key: its own graph
         cache(forward, torch.zeros(1, 4), key="width 0.5")
         assert log[-1] == (1, 4) and cache.captures == 5
-        cache(forward, torch.zeros(4, 1, 2).transpose(0, 1))  # new strides: first sight
+        strided = torch.zeros(2, 3)[:, :1].t()  # (1, 2), other strides: the same graph
+        assert cache(forward, strided).equal(torch.ones(1, 2)) and cache.captures == 5
+        cache(forward, torch.zeros(1, 2, dtype=D))  # another dtype: first sight
         assert cache.captures == 5
     with torch.enable_grad():  # a forward that builds a graph for autograd stays eager
         cache(forward, torch.zeros(1, 2))
@@ -150,9 +158,7 @@ def test_graph_cache_keys_capacity_and_autograd():
 def test_upscale_tiles_of_one_size_share_one_graph():
     model, x = tiny(), image(28, 28)  # 4 x 4 tiles of 3 x 3 shapes (edges 10 and 6, inside 12)
     log = []
-    cache = graph_cache(model)
-    cache._capture = stub_capture(log)
-    cache.device_types = {"cpu"}
+    cache = stub_model_cache(model, log)
     eager = upscale(model, x, 0.5, tile=8, overlap=2, cuda_graphs=False)
     assert cache.captures == 0
     first = upscale(model, x, 0.5, tile=8, overlap=2)
@@ -166,3 +172,94 @@ def test_upscale_tiles_of_one_size_share_one_graph():
     upscale(model, x, 0.5, tile=8, overlap=2)
     upscale(model, x, 0.5, tile=8, overlap=2)
     assert cache.captures == 18
+
+
+def test_repeated_tiled_upscale_replays_every_graph():
+    """40 x 36 at tile 16: nine tile shapes, one more than the cache's default capacity.
+    The second call captures each shape once; from the third on, each is replayed."""
+    model, x = tiny(), image(40, 36)
+    log = []
+    cache = stub_model_cache(model, log)
+    eager = upscale(model, x, 0.5, tile=16, cuda_graphs=False)
+    upscale(model, x, 0.5, tile=16)
+    assert cache.captures == cache.replays == 0  # first sight of every shape
+    upscale(model, x, 0.5, tile=16)
+    assert cache.captures == cache.replays == 9 and len(set(log)) == 9
+    for _ in range(2):
+        out = upscale(model, x, 0.5, tile=16)
+    assert cache.captures == 9 and cache.replays == 27 and len(cache) == 9
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)
+
+
+def test_tiles_of_images_of_two_sizes_share_graphs():
+    """Equal tile shapes cut from images of different widths (other strides) replay
+    the same graphs."""
+    model = tiny()
+    small, wide = image(28, 28), image(28, 44)
+    log = []
+    cache = stub_model_cache(model, log)
+    for _ in range(2):
+        upscale(model, small, 0.5, tile=8, overlap=2)
+    assert cache.captures == 9
+    replays = cache.replays
+    out = upscale(model, wide, 0.5, tile=8, overlap=2)  # 4 x 6 tiles, the same 3 x 3 shapes
+    assert cache.captures == 9 and cache.replays == replays + 24
+    torch.testing.assert_close(out, upscale(model, wide, 0.5, tile=8, overlap=2, cuda_graphs=False),
+                               rtol=0, atol=0)
+
+
+def test_validation_pattern_stops_capturing_after_its_second_round():
+    """Five images at two widths (ten signatures, more than the default capacity), one
+    working set per round as the trainer's validation opens: the second round captures
+    each, later rounds replay them."""
+    model = tiny()
+    images = [image(10 + i, 12) for i in range(5)]
+    log = []
+    cache = stub_model_cache(model, log)
+    captured = []
+    for _ in range(4):
+        with cache.working_set():
+            for width in (0.5, 1.0):
+                for x in images:
+                    upscale(model, x, width)
+        captured.append(cache.captures)
+    assert captured == [0, 10, 10, 10] and cache.replays == 30
+
+
+def test_graphs_replay_in_the_other_grad_mode():
+    """A graph captured under inference mode replays under no_grad, and the other way."""
+    forward = lambda t: t * 3  # noqa: E731
+    for capture_mode, replay_mode in [(torch.inference_mode, torch.no_grad),
+                                      (torch.no_grad, torch.inference_mode)]:
+        cache = cpu_cache([])
+        with capture_mode():
+            cache(forward, torch.ones(2, 2))
+            cache(forward, torch.ones(2, 2))
+        assert cache.captures == 1
+        with replay_mode():
+            out = cache(forward, torch.full((2, 2), 2.0))
+        assert cache.replays == 2 and out.equal(torch.full((2, 2), 6.0))
+
+
+def test_release_graphs_frees_the_models_cache():
+    model, x = tiny(), image(12, 12)
+    cache = stub_model_cache(model, [])
+    for _ in range(2):
+        upscale(model, x, 0.5)
+    assert len(cache) == 1
+    release_graphs(model)
+    assert len(cache) == 0 and graph_cache(model) is not cache
+    release_graphs(tiny())  # a model without graphs: nothing to do
+
+
+def test_weights_key_sees_dtype_and_shape_at_one_address():
+    """The allocator may hand a converted weight its old address: the key still changes."""
+    model = tiny()
+    key = weights_key(model)
+    weight = model.tail.weight
+    weight.data = weight.data.view(torch.complex64)  # 8 bytes too: the same shape
+    retyped = weights_key(model)
+    weight.data = weight.data.view(D).view(-1)
+    reshaped = weights_key(model)
+    assert len({key, retyped, reshaped}) == 3
+    assert weight.data_ptr() == model.tail.weight.data_ptr()

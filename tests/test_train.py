@@ -370,6 +370,38 @@ def test_non_finite_loss_stops_and_keeps_last_good(images, tmp_path, monkeypatch
     assert all(torch.isfinite(v).all() for v in last["model"].values())
 
 
+def test_validation_graphs_are_freed_when_training_resumes(images, tmp_path):
+    """The model's inference graphs (and their memory pool) live from a validation to
+    the next training step only."""
+    from csd_fast import inference
+
+    held = []
+    handle = register_optimizer_step_pre_hook(lambda *args: held.append(len(inference._GRAPHS)))
+    try:
+        train(tiny(images, tmp_path / "run", stage="teacher", iterations=5, val_every=2,
+                   checkpoint_every=5))
+    finally:
+        handle.remove()
+    assert len(held) == 5 and held == [held[0]] * 5
+
+
+def test_replayed_steps_are_checked_before_each_log_validation_and_checkpoint(images, tmp_path,
+                                                                            monkeypatch):
+    """Replayed steps report a non-finite loss in arrears: the trainer reads their flag
+    at every iteration that logs, validates or saves, before it does."""
+    from csd_fast.train.step import TrainStep
+
+    steps, reads = [], []
+    monkeypatch.setattr(TrainStep, "check_nonfinite", lambda self: reads.append(len(steps)))
+    handle = register_optimizer_step_pre_hook(lambda *args: steps.append(None))
+    try:
+        train(tiny(images, tmp_path / "run", stage="teacher", iterations=7, log_every=3,
+                   val_every=4, checkpoint_every=5))
+    finally:
+        handle.remove()
+    assert reads == [3, 4, 5, 6, 7]
+
+
 # --- numerics options and loader workers ----------------------------------------------------
 
 SCHEDULE_FIRST = "error:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`:UserWarning"

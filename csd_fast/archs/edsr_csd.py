@@ -113,6 +113,7 @@ class EDSRCSD(nn.Module):
         mean = torch.tensor(self.rgb_mean, dtype=torch.float64).view(1, 3, 1, 1)
         self.register_buffer("shift", mean * self.img_range, persistent=False)
         self._tail_fold = None  # (key, (weight, bias)): see _folded_tail
+        self._weights_generation = 0  # advanced by weights_changed()
 
     @classmethod
     def from_preset(cls, preset: str, scale: int = 4, **kwargs) -> "EDSRCSD":
@@ -225,6 +226,16 @@ class EDSRCSD(nn.Module):
         out = (out + self.shift.to(out.dtype)) * (self.rgb_range / self.img_range)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
+    def weights_changed(self) -> None:
+        """To be called after the weights changed in a way their version counters do
+        not show: a training step replayed from a CUDA graph, a write through `.data`.
+        Drops what is derived from the weights (the folded tail, the ops' packed
+        prefixes); the trainer's step calls it after every update, eager or replayed."""
+        self._weights_generation += 1
+        self._tail_fold = None
+        if _extension.available():
+            torch.ops.csd_fast.clear_weight_cache()
+
     def _forward_fused(self, x: torch.Tensor, w: int) -> torch.Tensor:
         """The same network through csd_fast's ops, channels-last from head to tail.
 
@@ -250,7 +261,8 @@ class EDSRCSD(nn.Module):
     def _folded_tail(self, params: "_ParamCast", x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The tail's weight and bias with the mean shift and output scale folded in. At
         inference (no autograd, the ops' weight cache on) they are kept and reused until a
-        weight or the shift changes, so that the conv op finds them in its cache; never
+        weight or the shift changes (a new version, storage or weights generation), so
+        that the conv op finds them in its cache; never
         inside a CUDA-graph capture, which must record the fold itself."""
         from ..ops.weight_cache import weights_cached
 
@@ -269,7 +281,7 @@ class EDSRCSD(nn.Module):
             self._tail_fold = None
             return fold()
         key = (weight.data_ptr(), weight._version, bias.data_ptr(), bias._version,
-               self.shift.data_ptr(), scale_out)
+               self.shift.data_ptr(), scale_out, self._weights_generation)
         if self._tail_fold is None or self._tail_fold[0] != key:
             # ordinary tensors, not inference ones: the ops' cache keys on their version
             with torch.inference_mode(False), torch.no_grad():

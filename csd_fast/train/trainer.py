@@ -5,6 +5,11 @@
     setup()            model, loss, optimiser, data; resume from last.pt
     open_outputs()     config.yaml, log.csv (rank 0)
     for each batch:    feed_data -> optimize -> validate -> log -> save
+
+The loss terms stay on the device until a log row, a validation or a checkpoint needs
+them, so CUDA-graph steps run ahead of the host; the replayed steps' non-finite flag is
+read there too (and every NONFINITE_READ_EVERY steps, train.step), before anything is
+written. Validation's CUDA graphs are freed when training resumes.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from ..archs import EDSRCSD
 from ..checkpoint import save_checkpoint
 from ..data import PatchDataset
 from ..evaluation import evaluate
+from ..inference import graph_cache, release_graphs
 from . import distributed
 from .build import build_loss, build_model, build_optimizer, resolve_numerics
 from .config import TrainConfig, save_config
@@ -104,7 +110,7 @@ class Trainer:
         self.last_path, self.best_path = self.out / "last.pt", self.out / "best.pt"
         self.iteration, self.start = 0, 0
         self.best_psnr, self.best_iteration = -math.inf, 0
-        self.terms: dict = {}
+        self._terms: dict[str, torch.Tensor] = {}  # the last step's, on the device
         self.val: dict = {}
         self.log: RunLog | None = None
 
@@ -187,10 +193,13 @@ class Trainer:
                 self.iteration += 1
                 lr, hr, pool, negatives = self.feed_data(batch)
                 self.optimize(lr, hr, pool, negatives)
+                if self.host_reads():
+                    self.step.check_nonfinite()
                 row = self.validate()
                 self.write_log(row)
                 self.save()
-                bar.set_postfix(loss=f"{self.terms['total']:.4g}")
+                if self.log_due(row):
+                    bar.set_postfix(loss=f"{self.terms['total']:.4g}")
                 bar.update(1)
         finally:
             bar.close()
@@ -223,7 +232,21 @@ class Trainer:
                           negatives=negatives)
         if self.step.updated:
             self.scheduler.step()
-        self.terms = {k: float(v.detach()) for k, v in terms.items()}
+        self._terms = {k: v.detach() for k, v in terms.items()}
+
+    @property
+    def terms(self) -> dict[str, float]:
+        """The last step's loss terms as numbers (a host sync)."""
+        return {k: float(v) for k, v in self._terms.items()}
+
+    def host_reads(self) -> bool:
+        """Whether this iteration logs, validates or saves: reads the host makes anyway."""
+        cfg, i = self.cfg, self.iteration
+        return (i % cfg.log_every == 0 or i % cfg.val_every == 0 or i % cfg.checkpoint_every == 0
+                or i == cfg.iterations)
+
+    def log_due(self, row: dict) -> bool:
+        return bool(row) or self.iteration % self.cfg.log_every == 0
 
     def check_finite(self, terms: dict) -> None:
         """Every rank stops together at a NaN or infinite loss, before the update."""
@@ -231,7 +254,8 @@ class Trainer:
             values = {k: float(v.detach()) for k, v in terms.items()}
             saved = f"{self.last_path} (iteration {saved_iteration(self.last_path)})" \
                 if self.last_path.is_file() else "none written yet"
-            raise NonFiniteLossError(f"non-finite loss at iteration {self.iteration}: {values}; "
+            at = self.iteration - self.step.steps_since_nonfinite
+            raise NonFiniteLossError(f"non-finite loss at iteration {at}: {values}; "
                                      f"stopping. Last good checkpoint: {saved}")
 
     def validate(self) -> dict:
@@ -242,6 +266,7 @@ class Trainer:
         row: dict = {}
         if cfg.val_data is not None and self.dd.main:
             self.val = row = validation_psnr(self.model, cfg, self.device)
+            release_graphs(self.model)  # training resumes: its memory is the steps' again
             if row["val_psnr_student"] > self.best_psnr:
                 self.best_psnr, self.best_iteration = row["val_psnr_student"], self.iteration
                 self.save_best(row)
@@ -251,12 +276,13 @@ class Trainer:
     def write_log(self, row: dict) -> None:
         """A log row at validations and every log_every iterations, with the speed since the last."""
         self.window = (self.window[0], self.window[1] + 1)
-        if self.log is None or not (row or self.iteration % self.cfg.log_every == 0):
+        if self.log is None or not self.log_due(row):
             return
         started, iterations = self.window
         speed = iterations / max(time.perf_counter() - started, 1e-9)
         self.log.write({**row, "iteration": self.iteration,
-                        "lr": self.optimizer.param_groups[0]["lr"], "it_per_s": speed, **self.terms})
+                        "lr": float(self.optimizer.param_groups[0]["lr"]), "it_per_s": speed,
+                        **self.terms})
         self.window = (time.perf_counter(), 0)
 
     # --- checkpoints ------------------------------------------------------------------------
@@ -309,13 +335,16 @@ class Trainer:
 
 
 def validation_psnr(model: EDSRCSD, cfg: TrainConfig, device: torch.device) -> dict:
-    """Mean PSNR over the validation set, for the student width and the teacher (width 1)."""
+    """Mean PSNR over the validation set, for the student width and the teacher (width 1).
+    Its CUDA graphs (both widths' images) are kept together, as one working set."""
     def mean_psnr(width: float) -> float:
         res = evaluate(model, [cfg.val_data], cfg.scale, width=width, device=device, progress=False)
         return sum(r["model"]["psnr"] for r in res.values()) / len(res)
 
-    out = {"val_psnr_teacher": mean_psnr(1.0)}
-    out["val_psnr_student"] = out["val_psnr_teacher"] if cfg.stage == "teacher" else mean_psnr(cfg.width)
+    with graph_cache(model).working_set():
+        out = {"val_psnr_teacher": mean_psnr(1.0)}
+        out["val_psnr_student"] = \
+            out["val_psnr_teacher"] if cfg.stage == "teacher" else mean_psnr(cfg.width)
     model.train()
     return out
 
