@@ -4,6 +4,7 @@ ahead of the next by a bounded queue, so decoding, the network and encoding over
 (FFmpeg and torch release the GIL) and memory stays bounded however long the stream."""
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterable, Iterator
@@ -63,6 +64,11 @@ def upscale_items(model, items: Iterable[Item], width: float | None = None, *, d
         return [Item(np.ascontiguousarray(o), f.meta) for o, f in zip(out, frames)]
 
     def run_network() -> None:
+        # a new thread starts on CUDA device 0: make the model's its current one (streams, graphs)
+        with torch.cuda.device(device) if torch.device(device).type == "cuda" else contextlib.nullcontext():
+            batches()
+
+    def batches() -> None:
         pending: list[Item] = []
         while True:
             item = _get(read_q, stop)
