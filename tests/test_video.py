@@ -24,12 +24,12 @@ from csd_fast.video import is_video, upscale_frames, upscale_video  # noqa: E402
 TB = Fraction(1, 1000)
 
 
-def make_video(path, w, h, n, *, codec="ffv1", audio=False, vfr=True, seed=0):
+def make_video(path, w, h, n, *, codec="ffv1", audio=False, vfr=True, seed=0, options=None):
     """n random frames at 10 frames/s, every other gap 37 ms instead of 100 when vfr; an AAC
     mono track when audio. Returns the frames' times in seconds."""
     rng = np.random.default_rng(seed)
     times = []
-    with av.open(str(path), "w") as c:
+    with av.open(str(path), "w", options=options or {}) as c:
         s = c.add_stream(codec, rate=10)
         s.width, s.height = w, h
         s.pix_fmt = "bgr0" if codec == "ffv1" else "yuv420p"
@@ -297,3 +297,18 @@ def test_memory_does_not_grow_with_length(tmp_path):
         peaks.append(int(done.stdout.split()[-1]))
     print("peak RSS kB", peaks)
     assert peaks[1] <= peaks[0] * 1.10, peaks
+
+
+def test_file_cut_short_mid_stream(tmp_path, models, capsys):
+    """The index first (faststart), so the cut file opens and fails further in."""
+    _, ckpt = models[2]
+    make_video(tmp_path / "full.mp4", 32, 24, 30, codec="libx264", options={"movflags": "+faststart"})
+    data = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[:len(data) * 2 // 3])
+    assert cli([tmp_path / "cut.mp4"], tmp_path / "out", ckpt) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "cut.mp4" in err
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    assert cli([tmp_path / "cut.mp4"], tmp_path / "out", ckpt, "--skip-unreadable") == 0
+    assert "skipped 1 unreadable video packet(s)" in capsys.readouterr().out
+    assert 0 < len(decoded(tmp_path / "out" / "cut.mp4")[0]) < 30

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> None:
     skipped = len(plan) - written - written_videos
     skipped_note = f"; skipped {skipped} unreadable" if skipped else ""
     if packets:
-        skipped_note += f"; skipped {packets} unreadable video packet(s) or frame(s)"
+        skipped_note += f"; skipped {packets} unreadable video packet(s)"
     videos_note = f" and {written_videos} video(s)" if any(kinds.video.values()) else ""
     print(f"wrote {written} image(s){videos_note} to {args.output}{skipped_note}")
 

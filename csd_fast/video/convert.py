@@ -20,7 +20,7 @@ class VideoSummary:
     source: Path
     target: Path
     frames: int
-    skipped: int  # packets that did not decode, or declared frames missing (skip_unreadable)
+    skipped: int  # packets that did not decode, or a read error that ended the file (skip_unreadable)
     size: tuple[int, int]  # output width, height
     copied_streams: int
     seconds: float
