@@ -312,3 +312,47 @@ def test_file_cut_short_mid_stream(tmp_path, models, capsys):
     assert cli([tmp_path / "cut.mp4"], tmp_path / "out", ckpt, "--skip-unreadable") == 0
     assert "skipped 1 unreadable video packet(s)" in capsys.readouterr().out
     assert 0 < len(decoded(tmp_path / "out" / "cut.mp4")[0]) < 30
+
+
+def add_subtitles(path):
+    """A copy of the ffv1 video at path with a SubRip track of one cue."""
+    with av.open(str(path)) as src, av.open(str(path.with_name("sub.mkv")), "w") as out:
+        video = out.add_stream_from_template(src.streams.video[0])
+        text = out.add_mux_stream("subrip")
+        text.time_base = TB
+        cue = av.Packet(b"hello")
+        cue.stream, cue.pts, cue.dts, cue.duration, cue.time_base = text, 0, 0, 200, TB
+        out.mux(cue)
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = video
+                out.mux(packet)
+    return path.with_name("sub.mkv")
+
+
+def test_subtitles_copied_or_dropped_with_a_warning(tmp_path, models, capsys):
+    _, ckpt = models[2]
+    make_video(tmp_path / "clip.mkv", 18, 14, 3)
+    sub = add_subtitles(tmp_path / "clip.mkv")
+    assert cli([sub], tmp_path / "mkv", ckpt) == 0
+    with av.open(str(tmp_path / "mkv" / "sub.mkv")) as c:
+        assert [bytes(p) for p in c.demux(subtitles=0) if p.dts is not None] == [b"hello"]
+    assert cli([sub], tmp_path / "mp4", ckpt, "--container", "mp4") == 0  # MP4 takes no SubRip
+    assert "dropped subtitle stream #1" in capsys.readouterr().err
+    with av.open(str(tmp_path / "mp4" / "sub.mp4")) as c:
+        assert not c.streams.subtitles and len(decoded(tmp_path / "mp4" / "sub.mp4")[0]) == 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--codec", "nosuchcodec"], "no such encoder"),
+    (["--codec", "aac"], "not a video one"),
+    (["--codec", "ffv1", "--crf", "20"], "--crf applies to"),
+    (["--container", "nosuchsuffix"], "no container for the suffix"),
+])
+def test_bad_codec_options_are_one_line_before_work(tmp_path, models, capsys, extra, message):
+    _, ckpt = models[2]
+    make_video(tmp_path / "clip.mkv", 18, 14, 2)
+    assert cli([tmp_path / "clip.mkv"], tmp_path / "out", ckpt, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

@@ -56,13 +56,12 @@ class VideoWriter:
         self.out = _open_output(path)
         try:
             fmt = self.out.format.name
-            supported = self.out.supported_codecs
             _check_holds(self.out, self.codec, path.suffix)
             self.stream = self._add_video(self.out, width, height, crf, src)
             for s in source.streams:
                 if s.type not in ("audio", "subtitle"):
                     continue
-                if s.codec_context.name in supported and self._fits(fmt, width, height, crf, src, s):
+                if self._fits(fmt, width, height, crf, src, s):
                     self.copied[s.index] = self.out.add_stream_from_template(s)
                 else:
                     warn(f"dropped {s.type} stream #{s.index} ({s.codec_context.name}): "
