@@ -251,6 +251,12 @@ def test_upscale_frames_api(tmp_path, models, batch):
     np.testing.assert_array_equal(got[2], want)
 
 
+def test_upscale_frames_says_what_it_takes(models):
+    model, _ = models[2]
+    with pytest.raises(ValueError, match="HxWx3 uint8 RGB"):
+        list(upscale_frames(model, [np.zeros((8, 8, 3), np.float32)]))
+
+
 def test_upscale_frames_stops_with_its_consumer(models):
     import threading
 

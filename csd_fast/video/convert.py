@@ -1,6 +1,7 @@
 """upscale_video: one video file in, its upscaled copy out, written atomically."""
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -61,14 +62,19 @@ def upscale_video(model, source, target, width: float | None = None, *, device=N
             items = read_items(container, source, set(writer.copied), skip_unreadable, stats)
             bar = tqdm(total=_expected_frames(container, src), unit="frame", desc=source.name,
                        disable=not progress, leave=False)
+            stamps = _Timestamps(src)
+            # closed on the way out, so an error here stops the pipeline's threads at once
+            # (not when its traceback is freed)
+            upscaled = contextlib.closing(upscale_items(model, items, width, device=device, batch=batch,
+                                                        **options))
             try:
-                stamps = _Timestamps(src)
-                for item in upscale_items(model, items, width, device=device, batch=batch, **options):
-                    if item.frame is None:
-                        writer.copy(item.meta)
-                        continue
-                    writer.write(item.frame, *stamps(item.meta))
-                    bar.update()
+                with upscaled as stream:
+                    for item in stream:
+                        if item.frame is None:
+                            writer.copy(item.meta)
+                            continue
+                        writer.write(item.frame, *stamps(item.meta))
+                        bar.update()
                 writer.close()
             except BaseException:
                 writer.abort()

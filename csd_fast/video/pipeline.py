@@ -38,9 +38,18 @@ def upscale_frames(model, frames: Iterable, width: float | None = None, *, devic
     arrays in order, exactly as `csd-fast upscale` upscales an 8-bit RGB PNG. Runs `batch`
     frames per forward while the next frames are read ahead. width: the model's default_width
     or 1; device: the model's; options: those of csd_fast.inference.upscale (tile, ...)."""
-    items = (Item(np.asarray(f.cpu() if isinstance(f, torch.Tensor) else f)) for f in frames)
-    for item in upscale_items(model, items, width, device=device, batch=batch, **options):
-        yield item.frame
+    items = (Item(_rgb8(f)) for f in frames)
+    with contextlib.closing(upscale_items(model, items, width, device=device, batch=batch,
+                                          **options)) as upscaled:
+        for item in upscaled:
+            yield item.frame
+
+
+def _rgb8(frame) -> np.ndarray:
+    array = np.asarray(frame.cpu() if isinstance(frame, torch.Tensor) else frame)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"upscale_frames takes HxWx3 uint8 RGB frames, got {array.dtype} {array.shape}")
+    return array
 
 
 def upscale_items(model, items: Iterable[Item], width: float | None = None, *, device=None,
