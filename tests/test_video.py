@@ -362,3 +362,13 @@ def test_bad_codec_options_are_one_line_before_work(tmp_path, models, capsys, ex
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_progress_bar_unless_quiet(tmp_path, models, capsys):
+    _, ckpt = models[2]
+    make_video(tmp_path / "clip.mkv", 18, 14, 3)
+    args = ["upscale", str(tmp_path / "clip.mkv"), "--checkpoint", str(ckpt), "--device", "cpu"]
+    assert main([*args, "-o", str(tmp_path / "a")]) == 0
+    assert "frame/s" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "b"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
