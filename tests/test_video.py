@@ -2,6 +2,7 @@
 timestamps (variable rate too), frame rate and audio packets kept, odd sizes, the output
 guard, interrupted runs leaving nothing under the final name, broken files, bounded memory."""
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -299,7 +300,7 @@ def test_memory_does_not_grow_with_length(tmp_path):
         make_video(tmp_path / f"c{n}.mkv", 320, 240, n)
         done = subprocess.run([sys.executable, "-c", PEAK_RSS, str(tmp_path / f"c{n}.mkv"),
                                str(tmp_path / f"o{n}.mkv")], capture_output=True, text=True, check=True,
-                              env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
         peaks.append(int(done.stdout.split()[-1]))
     print("peak RSS kB", peaks)
     assert peaks[1] <= peaks[0] * 1.10, peaks
