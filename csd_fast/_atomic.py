@@ -27,12 +27,12 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
     block ends normally, removed when it raises (KeyboardInterrupt included).
 
     Same directory so os.replace is a rename on one file system; fsync before the rename
-    so a crash cannot leave the new name pointing at unwritten data. The temporary name
-    keeps path's suffix, for writers (FFmpeg's muxers) that pick a format by it.
+    so a crash cannot leave the new name pointing at unwritten data. The temporary name ends
+    in .tmp, so a file left by a killed process is no image or video to a folder scan.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.stem}.{secrets.token_hex(8)}.tmp{path.suffix}"
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
     try:
         yield tmp
         with open(tmp, "rb+") as f:

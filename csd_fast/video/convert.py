@@ -58,7 +58,8 @@ def upscale_video(model, source, target, width: float | None = None, *, device=N
         size = (src.codec_context.width * scale, src.codec_context.height * scale)
         with atomic_target(target) as tmp:
             writer = VideoWriter(tmp, container, *size, codec=codec, crf=crf,
-                                 warn=lambda line: tqdm.write(f"warning: {source}: {line}", file=sys.stderr))
+                                 warn=lambda line: tqdm.write(f"warning: {source}: {line}", file=sys.stderr),
+                                 suffix=target.suffix)
             items = read_items(container, source, set(writer.copied), skip_unreadable, stats)
             bar = tqdm(total=_expected_frames(container, src), unit="frame", desc=source.name,
                        disable=not progress, leave=False)

@@ -44,7 +44,10 @@ class VideoWriter:
     first frame."""
 
     def __init__(self, path: Path, source, width: int, height: int, codec: str = DEFAULT_CODEC,
-                 crf: int | None = None, warn=lambda line: print(line, file=sys.stderr)):
+                 crf: int | None = None, warn=lambda line: print(line, file=sys.stderr),
+                 suffix: str | None = None):
+        """suffix: the one that picks the container format (default: path's), for writing
+        under a temporary name."""
         av = import_av()
         self._av = av
         src = source.streams.video[0]
@@ -53,10 +56,11 @@ class VideoWriter:
         self.pad = (width % 2, height % 2) if needs_even(self.pix_fmt) else (0, 0)
         self.rate = src.average_rate or src.guessed_rate or Fraction(25)
         self.copied = {}
-        self.out = _open_output(path)
+        suffix = suffix or path.suffix
+        self.out = _open_output(path, suffix)
         try:
             fmt = self.out.format.name
-            _check_holds(self.out, self.codec, path.suffix)
+            _check_holds(self.out, self.codec, suffix)
             self.stream = self._add_video(self.out, width, height, crf, src)
             for s in source.streams:
                 if s.type not in ("audio", "subtitle"):
@@ -65,7 +69,7 @@ class VideoWriter:
                     self.copied[s.index] = self.out.add_stream_from_template(s)
                 else:
                     warn(f"dropped {s.type} stream #{s.index} ({s.codec_context.name}): "
-                         f"a {path.suffix} file cannot hold it")
+                         f"a {suffix} file cannot hold it")
         except BaseException:
             self.out.close()
             raise
@@ -124,12 +128,11 @@ def check_encoder(suffix: str, codec: str, crf: int | None) -> None:
     the checks VideoWriter makes, for the command line to make before any work."""
     encoder = _encoder(codec)
     _quality(encoder, crf)
-    with tempfile.TemporaryDirectory() as folder:
-        out = _open_output(Path(folder) / f"probe{suffix}")
-        try:
-            _check_holds(out, encoder, suffix)
-        finally:
-            out.close()
+    out = _open_output(None, suffix)
+    try:
+        _check_holds(out, encoder, suffix)
+    finally:
+        out.close()
 
 
 def _encoder(name: str):
@@ -155,12 +158,16 @@ def _quality(codec, crf: int | None) -> dict[str, str]:
     return options
 
 
-def _open_output(path: Path):
+def _open_output(path: Path | None, suffix: str):
+    """An output container at path (None: in memory) in the format FFmpeg picks for suffix."""
     av = import_av()
     try:
-        return av.open(str(path), "w")
+        with tempfile.TemporaryDirectory() as folder:  # FFmpeg guesses formats from file names
+            with av.open(str(Path(folder) / f"probe{suffix}"), "w") as probe:
+                fmt = probe.format.name
+        return av.open(str(path) if path else io.BytesIO(), "w", format=fmt)
     except (ValueError, av.FFmpegError) as err:
-        raise ValueError(f"FFmpeg has no container for the suffix {path.suffix!r} "
+        raise ValueError(f"FFmpeg has no container for the suffix {suffix!r} "
                          f"(try --container mkv)") from err
 
 
