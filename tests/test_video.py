@@ -373,3 +373,20 @@ def test_progress_bar_unless_quiet(tmp_path, models, capsys):
     assert "frame/s" in capsys.readouterr().err
     assert main([*args, "-o", str(tmp_path / "b"), "--quiet"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_display_rotation_kept(tmp_path, models):
+    _, ckpt = models[2]
+    with av.open(str(tmp_path / "phone.mp4"), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 16, "yuv420p"
+        s.set_display_rotation(90)
+        for i in range(2):
+            f = av.VideoFrame.from_ndarray(np.zeros((16, 32, 3), np.uint8), format="rgb24")
+            f.pts, f.time_base = i, Fraction(1, 10)
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    assert cli([tmp_path / "phone.mp4"], tmp_path / "out", ckpt) == 0
+    with av.open(str(tmp_path / "out" / "phone.mp4")) as c:
+        frame = next(c.decode(video=0))
+        assert (frame.width, frame.height, frame.rotation) == (64, 32, 90)

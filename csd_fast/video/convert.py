@@ -59,7 +59,7 @@ def upscale_video(model, source, target, width: float | None = None, *, device=N
         with atomic_target(target) as tmp:
             writer = VideoWriter(tmp, container, *size, codec=codec, crf=crf,
                                  warn=lambda line: tqdm.write(f"warning: {source}: {line}", file=sys.stderr),
-                                 suffix=target.suffix)
+                                 suffix=target.suffix, rotation=_rotation(source))
             items = read_items(container, source, set(writer.copied), skip_unreadable, stats)
             bar = tqdm(total=_expected_frames(container, src), unit="frame", desc=source.name,
                        disable=not progress, leave=False)
@@ -84,6 +84,14 @@ def upscale_video(model, source, target, width: float | None = None, *, device=N
                 bar.close()
     return VideoSummary(source, target, stats.frames, stats.skipped, size, len(writer.copied),
                         time.perf_counter() - start)
+
+
+def _rotation(source: Path) -> int:
+    """The display rotation FFmpeg gives the first frame (from the container or the stream)."""
+    with open_video(source) as container:
+        for frame in container.decode(video=0):
+            return round(frame.rotation or 0)
+    return 0
 
 
 def _expected_frames(container, src) -> int | None:

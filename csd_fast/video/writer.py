@@ -45,9 +45,11 @@ class VideoWriter:
 
     def __init__(self, path: Path, source, width: int, height: int, codec: str = DEFAULT_CODEC,
                  crf: int | None = None, warn=lambda line: print(line, file=sys.stderr),
-                 suffix: str | None = None):
+                 suffix: str | None = None, rotation: int = 0):
         """suffix: the one that picks the container format (default: path's), for writing
-        under a temporary name."""
+        under a temporary name. rotation: the source's display rotation, in degrees (a
+        phone's portrait video is stored sideways and turned by its player)."""
+        self.rotation = rotation
         av = import_av()
         self._av = av
         src = source.streams.video[0]
@@ -80,6 +82,10 @@ class VideoWriter:
         stream.pix_fmt = self.pix_fmt
         # the source's time base, so every frame keeps its exact timestamp (variable rate too)
         stream.time_base = stream.codec_context.time_base = src.time_base
+        if src.codec_context.sample_aspect_ratio:  # anamorphic pixels stay so
+            stream.codec_context.sample_aspect_ratio = src.codec_context.sample_aspect_ratio
+        if self.rotation:
+            stream.set_display_rotation(self.rotation)
         stream.options = _quality(self.codec, crf)
         return stream
 
