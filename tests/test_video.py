@@ -390,3 +390,20 @@ def test_display_rotation_kept(tmp_path, models):
     with av.open(str(tmp_path / "out" / "phone.mp4")) as c:
         frame = next(c.decode(video=0))
         assert (frame.width, frame.height, frame.rotation) == (64, 32, 90)
+
+
+def test_yuv_output_tagged_bt709_and_converted_by_it(tmp_path):
+    """A saturated flat colour written as yuv420p (libx264, crf 0) decodes back to itself,
+    give or take rounding, which holds only when the conversion and the tag agree."""
+    from csd_fast.video.writer import VideoWriter
+
+    make_video(tmp_path / "src.mkv", 16, 16, 1)
+    colour = np.tile(np.uint8([200, 40, 60]), (16, 16, 1))
+    with av.open(str(tmp_path / "src.mkv")) as source:
+        writer = VideoWriter(tmp_path / "out.mkv", source, 16, 16, crf=0)
+        writer.write(colour, 0, TB)
+        writer.close()
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        assert c.streams.video[0].codec_context.colorspace == 1  # BT.709
+    back = decoded(tmp_path / "out.mkv")[0][0]
+    assert np.abs(back.astype(int) - colour).max() <= 2

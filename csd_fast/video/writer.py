@@ -17,6 +17,7 @@ DEFAULT_CODEC = "libx264"
 _RGB_FORMATS = ("bgr0", "gbrp", "rgb24", "bgra")
 # formats whose chroma planes are subsampled: frame sides must be even
 _SUBSAMPLED = ("420", "422", "411", "410", "nv12", "nv16", "nv21", "nv20")
+_BT709, _MPEG_RANGE = 1, 1  # FFmpeg's AVCOL_SPC_BT709 (also _PRI_, _TRC_), AVCOL_RANGE_MPEG
 _QUALITY = {"libx264": "crf", "libx265": "crf", "libvpx-vp9": "crf", "libaom-av1": "crf",
             "libsvtav1": "crf"}
 
@@ -55,6 +56,7 @@ class VideoWriter:
         src = source.streams.video[0]
         self.codec = _encoder(codec)
         self.pix_fmt = pick_format(self.codec)
+        self.yuv = self.pix_fmt.startswith(("yuv", "nv"))
         self.pad = (width % 2, height % 2) if needs_even(self.pix_fmt) else (0, 0)
         self.rate = src.average_rate or src.guessed_rate or Fraction(25)
         self.copied = {}
@@ -86,6 +88,13 @@ class VideoWriter:
             stream.codec_context.sample_aspect_ratio = src.codec_context.sample_aspect_ratio
         if self.rotation:
             stream.set_display_rotation(self.rotation)
+        if self.yuv:
+            # tagged, so no player guesses (BT.601 for small frames, BT.709 for HD); primaries
+            # and transfer are the source's, which the RGB values still carry
+            context, source = stream.codec_context, src.codec_context
+            context.colorspace, context.color_range = _BT709, _MPEG_RANGE
+            context.color_primaries = source.color_primaries if source.color_primaries != 2 else _BT709
+            context.color_trc = source.color_trc if source.color_trc != 2 else _BT709
         stream.options = _quality(self.codec, crf)
         return stream
 
@@ -110,6 +119,8 @@ class VideoWriter:
         if any(self.pad):
             rgb = np.pad(rgb, ((0, self.pad[1]), (0, self.pad[0]), (0, 0)), mode="edge")
         frame = self._av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        if self.yuv:  # by the matrix the stream is tagged with, not swscale's default (BT.601)
+            frame = frame.reformat(format=self.pix_fmt, dst_colorspace="ITU709", dst_color_range="MPEG")
         frame.pts, frame.time_base = pts, time_base
         self.out.mux(self.stream.encode(frame))
 
