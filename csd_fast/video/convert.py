@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .._atomic import atomic_target
 from .._outputs import check_outputs
+from ._av import import_av
 from .pipeline import upscale_items
 from .probe import open_video
 from .reader import ReadStats, Stamp, read_items
@@ -87,10 +88,15 @@ def upscale_video(model, source, target, width: float | None = None, *, device=N
 
 
 def _rotation(source: Path) -> int:
-    """The display rotation FFmpeg gives the first frame (from the container or the stream)."""
+    """The display rotation FFmpeg gives the first frame (from the container or the stream);
+    0 when that frame does not decode, which the reader then reports."""
+    av = import_av()
     with open_video(source) as container:
-        for frame in container.decode(video=0):
-            return round(frame.rotation or 0)
+        try:
+            for frame in container.decode(video=0):
+                return round(frame.rotation or 0)
+        except av.FFmpegError:
+            pass
     return 0
 
 
