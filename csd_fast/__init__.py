@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "EDSRCSD": ".archs", "PRESETS": ".archs", "build_info": "._extension", "evaluate": ".evaluation",
     "export_student": ".export", "load_checkpoint": ".checkpoint", "save_checkpoint": ".checkpoint",
-    "ops": ".ops",
+    "ops": ".ops", "upscale_video": ".video",
 }
 
 __all__ = [*sorted(_LAZY), "__version__"]

@@ -3,6 +3,7 @@ alpha is carried over by bicubic upscaling, greyscale stays greyscale."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def write_picture(path: Path, picture: Picture) -> None:
     """PNG at the picture's bit depth, written atomically."""
     top = 2**picture.bitdepth - 1
     data = picture.color if picture.alpha is None else torch.cat([picture.color, picture.alpha])
-    pixels = (data.clamp(0, 1) * top).round().to(torch.int64).permute(1, 2, 0).numpy()
+    pixels = quantize(data, top).permute(1, 2, 0).numpy()
     height, width, planes = pixels.shape
     writer = png.Writer(width, height, greyscale=planes in (1, 2), alpha=picture.alpha is not None,
                         bitdepth=picture.bitdepth)
@@ -88,12 +89,24 @@ def write_picture(path: Path, picture: Picture) -> None:
     atomic_write_bytes(path, encoded.getvalue())
 
 
+def quantize(data: torch.Tensor, top: int) -> torch.Tensor:
+    """Channels in [0, 1] (clamped) as integers 0..top, rounded to nearest."""
+    return (data.clamp(0, 1) * top).round().to(torch.int64)
+
+
+def upscale_rgb(model: EDSRCSD, rgb: torch.Tensor, width: float, device: torch.device,
+                **options) -> torch.Tensor:
+    """SR of float64 RGB (N, 3, H, W) in [0, 1]: float64 on the CPU, unclamped. The one
+    conversion to and from the model's range, for images and video frames alike."""
+    x = model.to_model_range(rgb.to(device, torch.float32), peak=1.0)
+    return model.from_model_range(upscale(model, x, width, **options).double().cpu(), peak=1.0)
+
+
 def upscale_picture(model: EDSRCSD, picture: Picture, width: float, device: torch.device,
                     **options) -> Picture:
     grey = picture.color.size(0) == 1
     rgb = picture.color.expand(3, -1, -1) if grey else picture.color
-    x = model.to_model_range(rgb.to(device, torch.float32).unsqueeze(0), peak=1.0)
-    sr = model.from_model_range(upscale(model, x, width, **options)[0].double().cpu(), peak=1.0)
+    sr = upscale_rgb(model, rgb.unsqueeze(0), width, device, **options)[0]
     if grey:
         sr = sr.mean(0, keepdim=True)
     alpha = None
@@ -102,34 +115,43 @@ def upscale_picture(model: EDSRCSD, picture: Picture, width: float, device: torc
     return Picture(sr.clamp(0, 1), alpha, picture.bitdepth)
 
 
-def collect_inputs(inputs: list[str]) -> list[Path]:
-    """Image files named directly or found (not recursively) in the folders named."""
+def png_name(path: Path) -> str:
+    return f"{path.stem}.png"
+
+
+def collect_inputs(inputs: list[str], suffixes: tuple[str, ...] = IMAGE_SUFFIXES,
+                   output_name: Callable[[Path], str] = png_name) -> list[Path]:
+    """Files named directly, or found (not recursively) in the folders named by their suffixes;
+    refused when two would be written under one output_name."""
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in suffixes)
             if not found:
-                raise ValueError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+                kinds = "images" if suffixes == IMAGE_SUFFIXES else "images or videos"
+                raise ValueError(f"{path}: no {kinds} ({', '.join(suffixes)}) in this folder")
             files += found
         elif path.is_file():
             files.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
-    stems = {}
+    names = {}
     for f in files:
-        if f.stem in stems:
-            raise ValueError(f"{stems[f.stem]} and {f} would both be written as {f.stem}.png")
-        stems[f.stem] = f
+        name = output_name(f)
+        if name in names:
+            raise ValueError(f"{names[name]} and {f} would both be written as {name}")
+        names[name] = f
     return files
 
 
 def plan_outputs(files: list[Path], folder: Path, overwrite: bool = False,
-                 checkpoint: Path | None = None) -> list[tuple[Path, Path]]:
-    """(input, output PNG) pairs, refused before any work when an output would replace an input
-    image or the checkpoint (however named) or, without overwrite, any other existing file."""
+                 checkpoint: Path | None = None,
+                 output_name: Callable[[Path], str] = png_name) -> list[tuple[Path, Path]]:
+    """(input, output) pairs, refused before any work when an output would replace an input
+    or the checkpoint (however named) or, without overwrite, any other existing file."""
     check_folder("-o", folder)
-    plan = [(f, folder / f"{f.stem}.png") for f in files]
+    plan = [(f, folder / output_name(f)) for f in files]
     inputs = [("the input image", f) for f in files] + [("the checkpoint", checkpoint)]
     check_outputs([("-o", out) for _, out in plan], inputs, overwrite=overwrite)
     return plan

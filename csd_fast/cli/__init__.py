@@ -8,8 +8,8 @@
     csd-fast eval --data DIR ... --scale S [--checkpoint CKPT] ...
                                        PSNR/SSIM (Y channel, crop = scale) per dataset,
                                        the model beside bicubic
-    csd-fast upscale IMAGE_OR_DIR ... -o OUT --checkpoint CKPT
-                                       write upscaled PNGs
+    csd-fast upscale IMAGE_VIDEO_OR_DIR ... -o OUT --checkpoint CKPT
+                                       write upscaled PNGs and videos
     csd-fast train --config run.yaml [KEY=VALUE ...] [--resume]
                                        teacher pre-training, joint CSD, student baseline
     csd-fast export CHECKPOINT --width R --format FORMAT -o FILE
