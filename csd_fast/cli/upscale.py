@@ -66,7 +66,7 @@ def _upscale_all(todo, model, width: float, device, args: argparse.Namespace) ->
     """Upscale each (source, target) pair, saying what was written where; the count written."""
     from tqdm import tqdm
 
-    from ..evaluation import DTYPES
+    from .._dtype import resolve_dtype
     from ..upscale import UnreadableImage, read_picture, upscale_picture, write_picture
 
     written = 0
@@ -82,7 +82,7 @@ def _upscale_all(todo, model, width: float, device, args: argparse.Namespace) ->
                 continue
             out = upscale_picture(model, picture, width, device, ensemble=args.self_ensemble,
                                   tile=args.tile, overlap=args.tile_overlap,
-                                  autocast_dtype=DTYPES[args.dtype], cuda_graphs=args.cuda_graphs)
+                                  autocast_dtype=resolve_dtype(args.dtype, device), cuda_graphs=args.cuda_graphs)
             write_picture(target, out)
             written += 1
             tqdm.write(f"wrote {target} (from {source})")
