@@ -14,12 +14,11 @@ from tqdm import tqdm
 
 from ._atomic import atomic_write_bytes
 from ._device import resolve_device
+from ._dtype import CHOICES, DTYPES, resolve_dtype  # noqa: F401 (DTYPES: its old home)
 from .archs import EDSRCSD
 from .data import SRFolder, check_image, imresize, write_png
 from .inference import upscale
 from .metrics import psnr, quantize_uint8, ssim
-
-DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def to_uint8(img: torch.Tensor) -> torch.Tensor:
@@ -90,9 +89,10 @@ def evaluate(
     cuda_graphs: see inference.upscale.
     Returns {set name: {"model": {"psnr", "ssim"}, "bicubic": {...}, "images": [...]}}.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    if dtype not in CHOICES:
+        raise ValueError(f"dtype must be one of {list(CHOICES)}, got {dtype!r}")
     device = resolve_device(device)
+    autocast_dtype = resolve_dtype(dtype, device) if model is not None else None
     if model is not None:
         if model.scale != scale:
             raise ValueError(f"the model upscales x{model.scale} but --scale is {scale}")
@@ -114,7 +114,7 @@ def evaluate(
             if model is not None:
                 x = model.to_model_range(lr.to(device).float().unsqueeze(0))
                 sr = upscale(model, x, width, ensemble=ensemble, tile=tile, overlap=overlap,
-                             autocast_dtype=DTYPES[dtype], cuda_graphs=cuda_graphs)
+                             autocast_dtype=autocast_dtype, cuda_graphs=cuda_graphs)
                 sr = to_uint8(model.from_model_range(sr[0].cpu()))
                 row["psnr"] = psnr(sr, hr, crop=scale, y_channel=y_channel)
                 row["ssim"] = ssim(sr, hr, crop=scale, y_channel=y_channel)

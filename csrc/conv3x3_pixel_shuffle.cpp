@@ -1,6 +1,7 @@
-// csd_fast::conv3x3_pixel_shuffle: its schema and its ATen composition (CPU's kernel,
-// CUDA's fallback): the conv channels-last with its bias, then ATen's channels-last
-// pixel shuffle (on the CPU faster than a strided copy of our own or a per-phase copy).
+// csd_fast::conv3x3_pixel_shuffle: its schema and its ATen composition (the reference
+// the kernels are checked against, and CUDA's fallback): the conv channels-last with its
+// bias, then ATen's channels-last pixel shuffle. The CPU forward is banded
+// (cpu/banded_conv.cpp).
 #include <torch/library.h>
 
 #include "sliced_conv.h"
@@ -74,9 +75,8 @@ TORCH_LIBRARY_IMPL(csd_fast, CompositeExplicitAutograd, m) {
   m.impl("pixel_shuffle_phase_order", &csd_fast::pixel_shuffle_phase_order);
 }
 
-// The composition is the CPU kernel: oneDNN runs the convolutions at the CPU's GEMM peak,
-// so there is no CPU-specific code. CUDA registers its own kernels (cuda/conv3x3_pixel_shuffle.cpp).
+// The CPU's backward is the composition; its forward is in cpu/banded_conv.cpp. CUDA
+// registers its own kernels (cuda/conv3x3_pixel_shuffle.cpp).
 TORCH_LIBRARY_IMPL(csd_fast, CPU, m) {
-  m.impl("conv3x3_pixel_shuffle", &csd_fast::conv3x3_pixel_shuffle_composite);
   m.impl("conv3x3_pixel_shuffle_backward", &csd_fast::conv3x3_pixel_shuffle_backward_composite);
 }

@@ -2,7 +2,8 @@
 //
 // Each op's schema sits in its own file beside its device-independent code
 // (contrastive_distance.cpp, sliced_conv3x3.cpp, residual_block.cpp,
-// conv3x3_pixel_shuffle.cpp); kernels live in cpu/ and cuda/; fake kernels and autograd
+// conv3x3_pixel_shuffle.cpp; the CPU-only residual_block_inference and set_cpu_band_rows
+// in cpu/banded_conv.cpp); kernels live in cpu/ and cuda/; fake kernels and autograd
 // are registered from Python (csd_fast/ops), so the ops also run under torch.compile.
 #include <Python.h>
 #include <torch/library.h>

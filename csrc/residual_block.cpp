@@ -91,8 +91,9 @@ TORCH_LIBRARY_FRAGMENT(csd_fast, m) {
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
-// The composition is the CPU kernel: oneDNN runs the convolutions at the CPU's GEMM peak,
-// so there is no CPU-specific code. CUDA registers its own kernels (cuda/residual_block.cpp).
+// The composition is the CPU kernel of this op (training keeps `hidden` for backward);
+// inference takes residual_block_inference, banded (cpu/banded_conv.cpp). CUDA registers
+// its own kernels (cuda/residual_block.cpp).
 TORCH_LIBRARY_IMPL(csd_fast, CPU, m) {
   m.impl("residual_block", &csd_fast::residual_block_composite);
   m.impl("residual_block_backward", &csd_fast::residual_block_backward_composite);

@@ -151,4 +151,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> conv3x3_pixel_shuffle_backward_co
     int64_t channels, int64_t in_channels, int64_t upscale_factor,
     std::array<bool, 3> output_mask);
 
+// ---- the CPU's banded forwards (cpu/banded_conv.cpp) --------------------------------
+
+// Output rows [r0, r1) of conv3x3 over an NHWC image (N = 1) of `height` rows, of
+// which `piece` holds rows [piece_first_row, piece_first_row + piece.size(2)); reads
+// rows r0-1 .. r1 (zero padding only at the image's edges): the same values as those
+// rows of the whole-image conv.
+at::Tensor conv3x3_rows(const at::Tensor& piece, int64_t piece_first_row, int64_t height,
+                        const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                        int64_t r0, int64_t r1);
+// Rows per band (0: from a cache budget); returns the previous setting.
+int64_t set_cpu_band_rows(int64_t rows);
+
 }  // namespace csd_fast

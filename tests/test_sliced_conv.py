@@ -1,5 +1,5 @@
 """The sliced-conv ops (sliced_conv3x3, residual_block, conv3x3_pixel_shuffle) against
-plain PyTorch written here, in float64: values, gradients, layouts, widths, errors."""
+plain PyTorch (tests/_conv_helpers.py), in float64: values, gradients, layouts, widths, errors."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,30 +7,10 @@ from torch.autograd import gradcheck
 
 from csd_fast import ops
 
+from _conv_helpers import conv, layout, shuffle
+
 D = torch.float64
 CL = torch.channels_last
-
-
-def conv(x, weight, bias, n_out, n_in):
-    return F.conv2d(x[:, :n_in], weight[:n_out, :n_in], bias[:n_out], padding=1)
-
-
-def shuffle(x, s):
-    """Pixel shuffle written out: channel c*s*s + i*s + j goes to (c, h*s + i, w*s + j)."""
-    n, c, h, w = x.shape
-    x = x.reshape(n, c // (s * s), s, s, h, w).permute(0, 1, 4, 2, 5, 3)
-    return x.reshape(n, c // (s * s), h * s, w * s)
-
-
-def layout(x, kind):
-    """The same values as NCHW-contiguous, channels_last or a non-contiguous view."""
-    if kind == "nchw":
-        return x.contiguous()
-    if kind == "channels_last":
-        return x.contiguous(memory_format=CL)
-    wide = torch.randn(*x.shape[:3], x.shape[3] * 2, dtype=x.dtype, device=x.device)
-    wide[..., ::2] = x
-    return wide[..., ::2]
 
 
 def params(n_out, n_in, device="cpu", dtype=D):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # the order of `csd-fast --help`; each name is a module here
@@ -71,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; the exit status follows the module docstring's convention."""
+    # torch's CPU allocator then asks for transparent huge pages for large tensors: a
+    # 1080p frame's whole-image tensors otherwise cost more in page faults on first touch
+    # than the copies that fill them (read once, when torch first allocates)
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # said by the command's parser, so the line names the command

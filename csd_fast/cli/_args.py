@@ -42,7 +42,10 @@ def add_inference_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile", type=positive_int, help="LR tile size for large images")
     parser.add_argument("--tile-overlap", type=int, help="LR context per tile side (default: exact)")
     add_device(parser)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                        help="compute precision (autocast; default: %(default)s). auto: bfloat16 "
+                             "on a GPU that has it and on a CPU with bf16 instructions where it "
+                             "measures faster, else float32")
     parser.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false",
                         help="on CUDA, run every forward eagerly instead of replaying a "
                              "captured CUDA graph per input size")

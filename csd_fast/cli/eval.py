@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scale", type=int, choices=[2, 3, 4], help="default: the checkpoint's")
     parser.add_argument("--checkpoint", help="omit for the bicubic rows alone; a .onnx file runs in onnxruntime")
     add_inference_options(parser)
+    # a score is reported in float32 unless asked otherwise (upscale's default is auto)
+    parser.set_defaults(dtype="float32")
     parser.add_argument("--save-images", help="folder for the SR PNGs (<folder>/<set>/<image>.png)")
     parser.add_argument("--rgb", action="store_true", help="RGB metrics instead of the Y channel")
     parser.add_argument("--json", default="eval_results.json", help="where to write all numbers ('' for none)")
@@ -91,7 +93,7 @@ def _run_settings(args: argparse.Namespace, model) -> tuple[float, str, str]:
         warn_if_untrained("eval", model, width)
         return width, f"width {width:g}", args.device
     model.channels(1.0 if args.width is None else args.width)  # one width: --width 1 or none
-    if args.dtype != "float32":
+    if args.dtype not in ("float32", "auto"):
         raise ValueError(f"--dtype {args.dtype}: an ONNX file runs in the float32 it was exported in")
     if args.tile and args.tile_overlap is None and model.n_resblocks is None:
         raise ValueError(f"--tile: {args.checkpoint} does not record its depth, so the exact overlap is "

@@ -108,12 +108,13 @@ def _readable_only(plan: list[tuple[Path, Path]], skip_unreadable: bool,
     return kept
 
 
-def _options(args: argparse.Namespace) -> dict:
-    """csd_fast.inference.upscale's options from the command line."""
-    from ..evaluation import DTYPES
+def _options(args: argparse.Namespace, device) -> dict:
+    """csd_fast.inference.upscale's options from the command line (--dtype auto resolved
+    for this device once, then cached)."""
+    from .._dtype import resolve_dtype
 
     return dict(ensemble=args.self_ensemble, tile=args.tile, overlap=args.tile_overlap,
-                autocast_dtype=DTYPES[args.dtype], cuda_graphs=args.cuda_graphs)
+                autocast_dtype=resolve_dtype(args.dtype, device), cuda_graphs=args.cuda_graphs)
 
 
 def _upscale_all(todo, model, width: float, device, args: argparse.Namespace) -> int:
@@ -133,7 +134,10 @@ def _upscale_all(todo, model, width: float, device, args: argparse.Namespace) ->
                     raise
                 tqdm.write(f"warning: skipped {err}", file=sys.stderr)
                 continue
-            out = upscale_picture(model, picture, width, device, **_options(args))
+            options = _options(args, device)
+            if picture.bitdepth > 8 and args.dtype == "auto":
+                options["autocast_dtype"] = None  # bf16's 8-bit mantissa would lose the 16-bit levels
+            out = upscale_picture(model, picture, width, device, **options)
             write_picture(target, out)
             written += 1
             tqdm.write(f"wrote {target} (from {source})")
@@ -153,7 +157,7 @@ def _upscale_videos(todo, model, width: float, device, args: argparse.Namespace)
             summary = upscale_video(model, source, target, width, device=device, batch=args.batch,
                                     codec=args.codec, crf=args.crf, overwrite=args.overwrite,
                                     skip_unreadable=args.skip_unreadable, progress=not args.quiet,
-                                    **_options(args))
+                                    **_options(args, device))
         except UnreadableVideo as err:
             if not args.skip_unreadable:
                 raise

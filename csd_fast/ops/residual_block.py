@@ -3,7 +3,9 @@
     out = x + res_scale * conv2(relu(conv1(x))),   x = input[:, :channels]
 
 with conv1, conv2 the (channels, channels) prefixes of full-size layers. Forward
-keeps only the input and the ReLU output for backward.
+keeps only the input and the ReLU output for backward. Where no gradient is needed, a
+CPU input goes to residual_block_inference, which keeps nothing and runs the two convs
+band by band (csrc/cpu/banded_conv.cpp).
 """
 from __future__ import annotations
 
@@ -19,10 +21,18 @@ __all__ = ["residual_block", "residual_block_reference"]
 def residual_block(input, weight1, bias1, weight2, bias2, channels: int,
                    res_scale: float = 1.0) -> torch.Tensor:
     _extension.require_extension()
+    if input.device.type == "cpu" and not _needs_grad(input, weight1, bias1, weight2, bias2):
+        return torch.ops.csd_fast.residual_block_inference.default(
+            input, weight1, bias1, weight2, bias2, channels, float(res_scale)
+        )
     out, _hidden = torch.ops.csd_fast.residual_block.default(
         input, weight1, bias1, weight2, bias2, channels, float(res_scale)
     )
     return out
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def residual_block_reference(input, weight1, bias1, weight2, bias2, channels, res_scale=1.0):
@@ -40,6 +50,10 @@ def _fake(input, weight1, bias1, weight2, bias2, channels, res_scale):
     out = empty_output(input, (n, channels, h, w))
     hidden = empty_output(input, (n, channels, h, w), torch.channels_last)
     return out, hidden
+
+
+def _inference_fake(input, weight1, bias1, weight2, bias2, channels, res_scale):
+    return _fake(input, weight1, bias1, weight2, bias2, channels, res_scale)[0]
 
 
 def _backward_fake(grad_output, input, hidden, weight1, weight2, channels, res_scale,
@@ -81,6 +95,7 @@ def _backward(ctx, grad, _grad_hidden):
 def _register() -> None:
     torch.library.register_fake("csd_fast::residual_block", _fake)
     torch.library.register_fake("csd_fast::residual_block_backward", _backward_fake)
+    torch.library.register_fake("csd_fast::residual_block_inference", _inference_fake)
     torch.library.register_autograd("csd_fast::residual_block", _backward,
                                     setup_context=_setup_context)
 
