@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from ._atomic import atomic_write_bytes
 from ._device import resolve_device
-from ._dtype import CHOICES, DTYPES, resolve_dtype  # noqa: F401 (DTYPES: its old home)
+from ._dtype import CHOICES, resolve_dtype
 from .archs import EDSRCSD
 from .data import SRFolder, check_image, imresize, write_png
 from .inference import upscale

@@ -355,6 +355,8 @@ def test_subtitles_copied_or_dropped_with_a_warning(tmp_path, models, capsys):
     (["--codec", "nosuchcodec"], "no such encoder"),
     (["--codec", "aac"], "not a video one"),
     (["--codec", "ffv1", "--crf", "20"], "--crf applies to"),
+    (["--crf", "-5"], "--crf -5: libx264 takes 0 (best) to 51"),
+    (["--crf", "52"], "--crf 52: libx264 takes 0 (best) to 51"),
     (["--container", "nosuchsuffix"], "no container for the suffix"),
 ])
 def test_bad_codec_options_are_one_line_before_work(tmp_path, models, capsys, extra, message):
@@ -408,3 +410,18 @@ def test_yuv_output_tagged_bt709_and_converted_by_it(tmp_path):
         assert c.streams.video[0].codec_context.colorspace == 1  # BT.709
     back = decoded(tmp_path / "out.mkv")[0][0]
     assert np.abs(back.astype(int) - colour).max() <= 2
+
+
+def test_an_encoder_failure_is_one_line_and_leaves_no_file(tmp_path, models, capsys, monkeypatch):
+    from csd_fast.video import writer
+
+    def fails(self, *args):
+        raise av.error.ExternalError(542398533, "injected encoder failure")
+
+    _, ckpt = models[2]
+    make_video(tmp_path / "clip.mkv", 18, 14, 3)
+    monkeypatch.setattr(writer.VideoWriter, "write", fails)
+    assert cli([tmp_path / "clip.mkv"], tmp_path / "out", ckpt) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "FFmpeg could not write the video" in err[0], err
+    assert not list((tmp_path / "out").iterdir())

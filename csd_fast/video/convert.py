@@ -46,13 +46,25 @@ def upscale_video(model, source, target, width: float | None = None, *, device=N
     with overwrite=True; the source never. A packet that does not decode raises
     UnreadableVideo (a ValueError) unless skip_unreadable. width, device, batch and options
     (tile, ensemble, autocast_dtype, cuda_graphs) as in upscale_frames."""
-    from tqdm import tqdm
-
     source, target = Path(source), Path(target)
     check_outputs([("target", target)], [("the input video", source)], overwrite=overwrite,
                   overwrite_flag="--overwrite (overwrite=True)")
     start = time.perf_counter()
     stats = ReadStats()
+    try:
+        size, copied = _convert(model, source, target, width, device, batch, codec, crf,
+                                skip_unreadable, progress, stats, options)
+    except import_av().FFmpegError as err:  # the reader turns its own into UnreadableVideo
+        raise RuntimeError(f"{target}: FFmpeg could not write the video ({err})") from err
+    return VideoSummary(source, target, stats.frames, stats.skipped, size, copied,
+                        time.perf_counter() - start)
+
+
+def _convert(model, source: Path, target: Path, width, device, batch, codec, crf, skip_unreadable,
+             progress, stats, options) -> tuple[tuple[int, int], int]:
+    """upscale_video's work: (output size, audio/subtitle streams copied)."""
+    from tqdm import tqdm
+
     with open_video(source) as container:
         src = container.streams.video[0]
         scale = model.scale
@@ -83,8 +95,7 @@ def upscale_video(model, source, target, width: float | None = None, *, device=N
                 raise
             finally:
                 bar.close()
-    return VideoSummary(source, target, stats.frames, stats.skipped, size, len(writer.copied),
-                        time.perf_counter() - start)
+    return size, len(writer.copied)
 
 
 def _rotation(source: Path) -> int:

@@ -20,6 +20,7 @@ _SUBSAMPLED = ("420", "422", "411", "410", "nv12", "nv16", "nv21", "nv20")
 _BT709, _MPEG_RANGE = 1, 1  # FFmpeg's AVCOL_SPC_BT709 (also _PRI_, _TRC_), AVCOL_RANGE_MPEG
 _QUALITY = {"libx264": "crf", "libx265": "crf", "libvpx-vp9": "crf", "libaom-av1": "crf",
             "libsvtav1": "crf"}
+_CRF_MAX = {"libx264": 51, "libx265": 51}  # the others' scales end at 63
 
 
 def pick_format(codec) -> str:
@@ -169,6 +170,9 @@ def _quality(codec, crf: int | None) -> dict[str, str]:
         return {}
     if codec.name not in _QUALITY:
         raise ValueError(f"--crf applies to {', '.join(_QUALITY)}, not {codec.name}")
+    top = _CRF_MAX.get(codec.name, 63)
+    if not 0 <= crf <= top:
+        raise ValueError(f"--crf {crf}: {codec.name} takes 0 (best) to {top}")
     options = {_QUALITY[codec.name]: str(crf)}
     if codec.name == "libvpx-vp9":
         options["b"] = "0"  # constant quality, no bitrate target
