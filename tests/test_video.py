@@ -295,14 +295,19 @@ PEAK_RSS = textwrap.dedent("""
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_memory_does_not_grow_with_length(tmp_path):
     peaks = []
-    # the short clip (8 batches) fills every queue once; 160 frames held at once would add
-    # ~180 MB (input and output frames), over 10% of the peak
-    for n in (32, 160):
+    # the short clip (16 batches) fills every queue several times; 320 frames held at once
+    # would add some 360 MB (input and output frames), far over 10% of the peak. Each length
+    # runs twice and keeps its lower peak: one run's peak moves by some 30-100 MB with how
+    # the allocator's arenas happen to fill (seen here and in CI), which is not the pipeline
+    for n in (64, 320):
         make_video(tmp_path / f"c{n}.mkv", 320, 240, n)
-        done = subprocess.run([sys.executable, "-c", PEAK_RSS, str(tmp_path / f"c{n}.mkv"),
-                               str(tmp_path / f"o{n}.mkv")], capture_output=True, text=True, check=True,
-                              env={**os.environ, "OMP_NUM_THREADS": "1"})
-        peaks.append(int(done.stdout.split()[-1]))
+        runs = []
+        for attempt in range(2):
+            done = subprocess.run([sys.executable, "-c", PEAK_RSS, str(tmp_path / f"c{n}.mkv"),
+                                   str(tmp_path / f"o{n}_{attempt}.mkv")], capture_output=True,
+                                  text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            runs.append(int(done.stdout.split()[-1]))
+        peaks.append(min(runs))
     print("peak RSS kB", peaks)
     assert peaks[1] <= peaks[0] * 1.10, peaks
 
